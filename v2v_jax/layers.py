@@ -1,0 +1,197 @@
+"""The layers V2V needs, with PyTorch semantics, in Flax NNX (NDHWC layout, DHWIO kernels).
+
+Parameter names follow Flax (kernel, bias, scale, mean, var); `v2v_jax.convert` maps them to PyTorch keys.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax import lax
+
+DIMENSION_NUMBERS = ("NDHWC", "DHWIO", "NDHWC")
+INIT_SCHEMES = ("original", "framework")
+BATCHNORM_FLAVOURS = ("torch", "flax")
+UPSAMPLE_IMPLS = ("einsum", "conv_transpose")
+CONV_IMPLS = ("xla", "shifted_matmul")
+
+
+@dataclasses.dataclass(frozen=True)
+class Numerics:
+    """How the network computes: dtypes, BatchNorm flavour, and the formulation of each convolution.
+
+    dtype: compute dtype of activations; param_dtype: storage dtype of parameters and BN statistics.
+    batchnorm: 'torch' (two-pass variance, unbiased running variance) or 'flax' (E[x^2]-E[x]^2, biased).
+    precision: lax precision for convolutions (None = backend default, which is TF32 on Ampere+ GPUs).
+    """
+
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+    batchnorm: str = "torch"
+    upsample: str = "einsum"
+    conv: str = "xla"
+    precision: Any = None
+    init: str = "original"
+
+    def __post_init__(self):
+        for name, value, allowed in (("batchnorm", self.batchnorm, BATCHNORM_FLAVOURS),
+                                     ("upsample", self.upsample, UPSAMPLE_IMPLS),
+                                     ("conv", self.conv, CONV_IMPLS),
+                                     ("init", self.init, INIT_SCHEMES)):
+            if value not in allowed:
+                raise ValueError(f"Numerics.{name}={value!r}; choose one of {allowed}")
+
+    @property
+    def stat_dtype(self):
+        """BatchNorm statistics are computed in at least float32, whatever the compute dtype."""
+        return jnp.promote_types(self.dtype, jnp.float32)
+
+
+def kernel_init(numerics: Numerics) -> Callable:
+    if numerics.init == "original":
+        return nnx.initializers.normal(stddev=1e-3)
+    return nnx.initializers.lecun_normal()
+
+
+def conv3d(x: jax.Array, kernel: jax.Array, padding: int, impl: str = "xla", precision=None) -> jax.Array:
+    """Stride-1 3D convolution (cross-correlation, like torch) with symmetric zero padding."""
+    if impl == "xla":
+        return lax.conv_general_dilated(x, kernel, window_strides=(1, 1, 1), padding=[(padding, padding)] * 3,
+                                        dimension_numbers=DIMENSION_NUMBERS, precision=precision)
+    return _conv3d_shifted_matmul(x, kernel, padding, precision)
+
+
+def _conv3d_shifted_matmul(x, kernel, padding, precision):
+    """The same convolution as a sum over k^3 shifted (B*D*H*W, I) @ (I, O) products."""
+    k = kernel.shape[0]
+    d, h, w = x.shape[1:4]
+    xp = jnp.pad(x, [(0, 0)] + [(padding, padding)] * 3 + [(0, 0)])
+    out = None
+    for a in range(k):
+        for b in range(k):
+            for c in range(k):
+                term = jnp.einsum("ndhwi,io->ndhwo", xp[:, a:a + d, b:b + h, c:c + w, :], kernel[a, b, c],
+                                  precision=precision)
+                out = term if out is None else out + term
+    return out
+
+
+def upsample2x(x: jax.Array, kernel: jax.Array, impl: str = "einsum", precision=None) -> jax.Array:
+    """ConvTranspose3d(kernel 2, stride 2, padding 0) with kernel (2, 2, 2, I, O) = torch (I, O, 2, 2, 2).
+
+    With k = s = 2 the output windows do not overlap, so y[n, 2d+a, 2h+b, 2w+c] = x[n, d, h, w] @ W[a, b, c].
+    """
+    if impl == "einsum":
+        n, d, h, w, _ = x.shape
+        y = jnp.einsum("ndhwi,abcio->ndahbwco", x, kernel, precision=precision)
+        return y.reshape(n, 2 * d, 2 * h, 2 * w, kernel.shape[-1])
+    # lax.conv_transpose without transpose_kernel correlates with the kernel as given, so flip it spatially.
+    return lax.conv_transpose(x, kernel[::-1, ::-1, ::-1], strides=(2, 2, 2), padding="VALID",
+                              dimension_numbers=DIMENSION_NUMBERS, precision=precision)
+
+
+def max_pool(x: jax.Array, size: int) -> jax.Array:
+    """MaxPool3d(kernel=size, stride=size); its gradient goes to the first maximum of a window, as in torch."""
+    window = (1, size, size, size, 1)
+    return lax.reduce_window(x, -jnp.inf, lax.max, window, window, "VALID")
+
+
+class Conv3d(nnx.Module):
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int, *, numerics: Numerics, rngs: nnx.Rngs):
+        k = kernel_size
+        self.kernel = nnx.Param(kernel_init(numerics)(rngs.params(), (k, k, k, in_planes, out_planes),
+                                                      numerics.param_dtype))
+        self.bias = nnx.Param(jnp.zeros((out_planes,), numerics.param_dtype))
+        self.padding = (k - 1) // 2
+        self.numerics = numerics
+
+    def __call__(self, x):
+        n = self.numerics
+        y = conv3d(x.astype(n.dtype), self.kernel[...].astype(n.dtype), self.padding, n.conv, n.precision)
+        return y + self.bias[...].astype(n.dtype)
+
+
+class ConvTranspose3d(nnx.Module):
+    """Kernel 2, stride 2, padding 0: exactly doubles each spatial size."""
+
+    def __init__(self, in_planes: int, out_planes: int, *, numerics: Numerics, rngs: nnx.Rngs):
+        self.kernel = nnx.Param(kernel_init(numerics)(rngs.params(), (2, 2, 2, in_planes, out_planes),
+                                                      numerics.param_dtype))
+        self.bias = nnx.Param(jnp.zeros((out_planes,), numerics.param_dtype))
+        self.numerics = numerics
+
+    def __call__(self, x):
+        n = self.numerics
+        y = upsample2x(x.astype(n.dtype), self.kernel[...].astype(n.dtype), n.upsample, n.precision)
+        return y + self.bias[...].astype(n.dtype)
+
+
+class BatchNorm3d(nnx.Module):
+    """BatchNorm over (N, D, H, W) per channel, PyTorch semantics by default.
+
+    'torch': variance as mean((x - mean)^2) (two passes), running variance updated with the unbiased n/(n-1)
+    estimate, rm <- (1 - 0.1) rm + 0.1 mean. 'flax': variance as E[x^2] - E[x]^2 and a biased running
+    variance, as `nnx.BatchNorm(use_fast_variance=True)`. Under a sharded jit the means are over the global batch.
+    """
+
+    momentum = 0.1
+    epsilon = 1e-5
+
+    def __init__(self, num_features: int, *, numerics: Numerics, rngs: nnx.Rngs):
+        pd = numerics.param_dtype
+        if numerics.init == "original":
+            scale = jax.random.uniform(rngs.params(), (num_features,), pd)
+        else:
+            scale = jnp.ones((num_features,), pd)
+        self.scale = nnx.Param(scale)
+        self.bias = nnx.Param(jnp.zeros((num_features,), pd))
+        self.mean = nnx.BatchStat(jnp.zeros((num_features,), pd))
+        self.var = nnx.BatchStat(jnp.ones((num_features,), pd))
+        self.num_batches_tracked = nnx.BatchStat(jnp.zeros((), jnp.int32))
+        self.use_running_average = False
+        self.numerics = numerics
+
+    def __call__(self, x):
+        n = self.numerics
+        xs = x.astype(n.stat_dtype)
+        if self.use_running_average:
+            mean, var = self.mean[...].astype(n.stat_dtype), self.var[...].astype(n.stat_dtype)
+        else:
+            mean, var = batch_moments(xs, n.batchnorm)
+            count = xs.size // xs.shape[-1]
+            running_var = var * (count / max(count - 1, 1)) if n.batchnorm == "torch" else var
+            m = self.momentum
+            self.mean[...] = ((1 - m) * self.mean[...] + m * mean).astype(self.mean.dtype)
+            self.var[...] = ((1 - m) * self.var[...] + m * running_var).astype(self.var.dtype)
+            self.num_batches_tracked[...] = self.num_batches_tracked[...] + 1
+        inv = lax.rsqrt(var + self.epsilon) * self.scale[...].astype(n.stat_dtype)
+        y = (xs - mean) * inv + self.bias[...].astype(n.stat_dtype)
+        return y.astype(n.dtype)
+
+
+def batch_moments(x: jax.Array, flavour: str) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and biased variance over all axes but the last."""
+    axes = tuple(range(x.ndim - 1))
+    mean = jnp.mean(x, axes)
+    if flavour == "torch":
+        var = jnp.mean(jnp.square(x - mean), axes)
+    else:
+        var = jnp.maximum(jnp.mean(jnp.square(x), axes) - jnp.square(mean), 0.0)
+    return mean, var
+
+
+class ReLU(nnx.Module):
+    """Stateless, so that block indices match torch's Sequential (conv, bn, relu)."""
+
+    def __call__(self, x):
+        return jax.nn.relu(x)
+
+
+def sequential(layers, x):
+    for layer in layers:
+        x = layer(x)
+    return x
