@@ -94,6 +94,12 @@ def upsample2x(x: jax.Array, kernel: jax.Array, impl: str = "einsum", precision=
                               dimension_numbers=DIMENSION_NUMBERS, precision=precision)
 
 
+def add_bias(y: jax.Array, bias: jax.Array, numerics: Numerics) -> jax.Array:
+    """y + bias, summed in at least float32: the bias gradient reduces over every voxel, and a bfloat16 sum of
+    thousands of same-signed terms stalls (e.g. 1024 x 0.1 sums to 32)."""
+    return (y.astype(numerics.stat_dtype) + bias.astype(numerics.stat_dtype)).astype(numerics.dtype)
+
+
 def max_pool(x: jax.Array, size: int) -> jax.Array:
     """MaxPool3d(kernel=size, stride=size); its gradient goes to the first maximum of a window, as in torch."""
     window = (1, size, size, size, 1)
@@ -112,7 +118,7 @@ class Conv3d(nnx.Module):
     def __call__(self, x):
         n = self.numerics
         y = conv3d(x.astype(n.dtype), self.kernel[...].astype(n.dtype), self.padding, n.conv, n.precision)
-        return y + self.bias[...].astype(n.dtype)
+        return add_bias(y, self.bias[...], n)
 
 
 class ConvTranspose3d(nnx.Module):
@@ -127,7 +133,7 @@ class ConvTranspose3d(nnx.Module):
     def __call__(self, x):
         n = self.numerics
         y = upsample2x(x.astype(n.dtype), self.kernel[...].astype(n.dtype), n.upsample, n.precision)
-        return y + self.bias[...].astype(n.dtype)
+        return add_bias(y, self.bias[...], n)
 
 
 class BatchNorm3d(nnx.Module):

@@ -1,0 +1,271 @@
+"""Data geometry on the device (SPEC §4): depth -> points -> voxels, heatmap targets, and heatmaps -> joints.
+
+Everything is jittable and vmappable with static shapes: a depth image of H x W is always H*W points, and points
+outside the cube are masked out of the scatter, never filtered. Coordinates:
+- world: millimetres, camera frame of the data set (`DatasetSpec.y_up` decides the sign of Y);
+- grid (c'): continuous voxel coordinates of the N^3 input grid, voxel i covers [i, i+1) on each axis;
+- heatmap cells (M = N/2 per axis): g = c'/2, cell a has its centre at a + 0.5.
+Array axes (0, 1, 2) are world (x, y, z). Computation runs in the wider of float32 and the inputs' dtype.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from v2v_jax.data.cameras import DatasetSpec
+
+SCALE_RANGE = (0.8, 1.2)
+MAX_ANGLE_DEG = 40.0
+MAX_TRANSLATION_VOXELS = 4.0
+POOL_FACTOR = 2
+SIGMA = 1.7
+DECODE_METHODS = ("argmax", "parabola", "window_mean", "soft_argmax")
+
+
+def _float_dtype(*arrays):
+    return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
+
+
+# --- camera ----------------------------------------------------------------------------------------------------
+
+def camera_intrinsics(camera) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) with fy negative for y-up data sets, the sign convention of `cameras.EVAL_INTRINSICS`.
+
+    `camera` is a DatasetSpec or such a 4-tuple already.
+    """
+    if isinstance(camera, DatasetSpec):
+        return camera.fx, -camera.fy if camera.y_up else camera.fy, camera.cx, camera.cy
+    fx, fy, cx, cy = camera
+    return fx, fy, cx, cy
+
+
+def _namespace(array):
+    return np if isinstance(array, np.ndarray) else jnp
+
+
+def pixel_to_world(uvd, camera):
+    """(..., 3) pixel u (column), v (row), depth d -> world x, y, z; NumPy in gives NumPy out (float64 stays)."""
+    fx, fy, cx, cy = camera_intrinsics(camera)
+    u, v, d = uvd[..., 0], uvd[..., 1], uvd[..., 2]
+    return _namespace(uvd).stack([(u - cx) * d / fx, (v - cy) * d / fy, d], axis=-1)
+
+
+def world_to_pixel(xyz, camera):
+    """Inverse of `pixel_to_world`."""
+    fx, fy, cx, cy = camera_intrinsics(camera)
+    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    return _namespace(xyz).stack([x * fx / z + cx, y * fy / z + cy, z], axis=-1)
+
+
+def depth_to_points(depth: jax.Array, spec: DatasetSpec, dtype=jnp.float32) -> jax.Array:
+    """(H, W) depth in mm -> (H*W, 3) world points; zero depth becomes `spec.background_mm` (None: stays 0)."""
+    if depth.shape != (spec.height, spec.width):
+        raise ValueError(f"depth image of shape {depth.shape} does not match {spec.name}'s "
+                         f"{spec.height} x {spec.width}")
+    z = jnp.asarray(depth).astype(dtype)
+    if spec.background_mm is not None:
+        z = jnp.where(z == 0, jnp.asarray(spec.background_mm, dtype), z)
+    v, u = jnp.meshgrid(jnp.arange(spec.height, dtype=dtype), jnp.arange(spec.width, dtype=dtype), indexing="ij")
+    return pixel_to_world(jnp.stack([u, v, z], axis=-1), spec).reshape(-1, 3)
+
+
+# --- augmentation and the world <-> grid map -------------------------------------------------------------------
+
+class Augmentation(NamedTuple):
+    """One training draw: scale s, rotation angle (radians) about the depth axis, translation t (3,) in voxels."""
+
+    scale: jax.Array
+    angle: jax.Array
+    translation: jax.Array
+
+
+def identity_augmentation(dtype=jnp.float32) -> Augmentation:
+    return Augmentation(jnp.ones((), dtype), jnp.zeros((), dtype), jnp.zeros((3,), dtype))
+
+
+def sample_augmentation(key: jax.Array, dtype=jnp.float32) -> Augmentation:
+    """s ~ U[0.8, 1.2), angle ~ U[-40, 40) degrees, t ~ U[-4, 4)^3 voxels (SPEC, ADOPTED)."""
+    k_scale, k_angle, k_trans = jax.random.split(key, 3)
+    max_angle = np.deg2rad(MAX_ANGLE_DEG)
+    return Augmentation(
+        jax.random.uniform(k_scale, (), dtype, *SCALE_RANGE),
+        jax.random.uniform(k_angle, (), dtype, -max_angle, max_angle),
+        jax.random.uniform(k_trans, (3,), dtype, -MAX_TRANSLATION_VOXELS, MAX_TRANSLATION_VOXELS))
+
+
+def _rotate_xy(d, angle, inverse=False):
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    if inverse:
+        sin = -sin
+    x, y = d[..., 0], d[..., 1]
+    return jnp.stack([cos * x - sin * y, sin * x + cos * y, d[..., 2]], axis=-1)
+
+
+def world_to_grid(points, center, cube_mm, grid_size: int, aug: Augmentation | None = None) -> jax.Array:
+    """(..., 3) world mm -> continuous voxel coordinates c' = s R(theta) (c - N/2) + N/2 + t, c = (p - r) N/C + N/2.
+
+    The offset from the centre is formed first, so that without augmentation c' = (p - r) N/C + N/2 exactly.
+    """
+    dtype = _float_dtype(points, center)
+    d = (jnp.asarray(points, dtype) - jnp.asarray(center, dtype)) * jnp.asarray(grid_size / cube_mm, dtype)
+    if aug is None:
+        return d + grid_size / 2
+    d = jnp.asarray(aug.scale, dtype) * _rotate_xy(d, jnp.asarray(aug.angle, dtype))
+    return d + grid_size / 2 + jnp.asarray(aug.translation, dtype)
+
+
+def grid_to_world(coords, center, cube_mm, grid_size: int, aug: Augmentation | None = None) -> jax.Array:
+    """Inverse of `world_to_grid`: p = r + R(-theta)((c' - N/2 - t) / s) C/N."""
+    dtype = _float_dtype(coords, center)
+    d = jnp.asarray(coords, dtype) - grid_size / 2
+    if aug is not None:
+        d = _rotate_xy((d - jnp.asarray(aug.translation, dtype)) / jnp.asarray(aug.scale, dtype),
+                       jnp.asarray(aug.angle, dtype), inverse=True)
+    return d * jnp.asarray(cube_mm / grid_size, dtype) + jnp.asarray(center, dtype)
+
+
+def voxelize_grid_coords(coords: jax.Array, grid_size: int, dtype=jnp.float32) -> jax.Array:
+    """(P, 3) continuous voxel coordinates -> (N, N, N) occupancy: voxel floor(c') is 1 if 0 <= floor(c') < N."""
+    n = grid_size
+    inside = jnp.all((coords >= 0) & (coords < n), axis=-1)  # the same as 0 <= floor(c) < N; NaN is outside
+    index = jnp.floor(jnp.where(inside[:, None], coords, 0)).astype(jnp.int32)
+    flat = jnp.where(inside, (index[:, 0] * n + index[:, 1]) * n + index[:, 2], n ** 3)
+    grid = jnp.zeros((n ** 3,), dtype).at[flat].set(1, mode="drop")
+    return grid.reshape(n, n, n)
+
+
+def voxelize(points, center, cube_mm, grid_size: int, aug: Augmentation | None = None,
+             dtype=jnp.float32) -> jax.Array:
+    """(P, 3) world points -> (N, N, N) occupancy of the cube of side `cube_mm` around `center`."""
+    return voxelize_grid_coords(world_to_grid(points, center, cube_mm, grid_size, aug), grid_size, dtype)
+
+
+def encode_sample(depth, center, joints, key: jax.Array | None, spec: DatasetSpec, grid_size: int = 88,
+                  cube_mm: float | None = None) -> tuple[jax.Array, jax.Array]:
+    """Depth (H, W), centre (3,), joints (J, 3) -> voxels (N, N, N, 1) and joint grid coordinates c' (J, 3).
+
+    `key` None means no augmentation (evaluation); otherwise one draw shared by the voxels and the joints.
+    """
+    cube_mm = spec.cube_mm if cube_mm is None else cube_mm
+    aug = None if key is None else sample_augmentation(key)
+    points = depth_to_points(depth, spec)
+    voxels = voxelize(points, center, cube_mm, grid_size, aug)
+    return voxels[..., None], world_to_grid(joints, center, cube_mm, grid_size, aug)
+
+
+def encode_batch(depths, centers, joints, key: jax.Array | None, spec: DatasetSpec, grid_size: int = 88,
+                 cube_mm: float | None = None) -> tuple[jax.Array, jax.Array]:
+    """Batched `encode_sample`: (B, H, W), (B, 3), (B, J, 3) -> (B, N, N, N, 1), (B, J, 3); one draw per sample."""
+    encode = functools.partial(encode_sample, spec=spec, grid_size=grid_size, cube_mm=cube_mm)
+    if key is None:
+        return jax.vmap(lambda d, c, j: encode(d, c, j, None))(depths, centers, joints)
+    keys = jax.random.split(key, depths.shape[0])
+    return jax.vmap(encode)(depths, centers, joints, keys)
+
+
+# --- heatmap targets and loss ----------------------------------------------------------------------------------
+
+def gaussian_heatmaps(joint_grid_coords, out_size: int = 44, sigma: float = SIGMA, dtype=jnp.float32) -> jax.Array:
+    """(J, 3) grid coordinates c' -> (M, M, M, J) targets exp(-|cell centre - c'/2|^2 / (2 sigma^2)), separable."""
+    g = jnp.asarray(joint_grid_coords, dtype) / POOL_FACTOR
+    centres = jnp.arange(out_size, dtype=dtype) + 0.5
+    profiles = jnp.exp(-jnp.square(centres[:, None, None] - g[None]) / (2 * sigma ** 2))  # (M, J, 3)
+    gx, gy, gz = profiles[..., 0], profiles[..., 1], profiles[..., 2]
+    return gx[:, None, None, :] * gy[None, :, None, :] * gz[None, None, :, :]
+
+
+def heatmap_mse(pred: jax.Array, joint_grid_coords: jax.Array, sigma: float = SIGMA) -> jax.Array:
+    """Mean squared error over B*M^3*J against targets built here, in the wider of float32 and pred's dtype."""
+    out_size = pred.shape[1]
+    if pred.shape[1:4] != (out_size,) * 3 or pred.shape[4] != joint_grid_coords.shape[1]:
+        raise ValueError(f"heatmaps of shape {pred.shape} do not fit joints of shape {joint_grid_coords.shape}")
+    dtype = _float_dtype(pred)
+    targets = jax.vmap(lambda c: gaussian_heatmaps(c, out_size, sigma, dtype))(joint_grid_coords)
+    return jnp.mean(jnp.square(pred.astype(dtype) - targets))
+
+
+# --- decoding --------------------------------------------------------------------------------------------------
+
+def _window(volume, index, radius):
+    """The (2r+1)^3 values around `index` (indices clipped to the volume) and a mask of those inside it."""
+    offsets = jnp.arange(-radius, radius + 1)
+    axes = index[:, None] + offsets[None, :]  # (3, 2r+1)
+    inside = (axes >= 0) & (axes < volume.shape[0])
+    axes = jnp.clip(axes, 0, volume.shape[0] - 1)
+    values = volume[axes[0][:, None, None], axes[1][None, :, None], axes[2][None, None, :]]
+    mask = inside[0][:, None, None] & inside[1][None, :, None] & inside[2][None, None, :]
+    return values, mask, axes
+
+
+def _parabola_offset(volume, index, eps):
+    """Per-axis vertex of the parabola through log H at the argmax and its two neighbours, clamped to +-0.5."""
+    values, mask, _ = _window(volume, index, 1)
+    logs = jnp.log(jnp.maximum(values, eps))
+    lines = jnp.stack([logs[:, 1, 1], logs[1, :, 1], logs[1, 1, :]])  # (3, 3): axis, (minus, centre, plus)
+    interior = jnp.stack([mask[0, 1, 1] & mask[2, 1, 1], mask[1, 0, 1] & mask[1, 2, 1], mask[1, 1, 0] & mask[1, 1, 2]])
+    minus, centre, plus = lines[:, 0], lines[:, 1], lines[:, 2]
+    curvature = minus - 2 * centre + plus
+    ok = interior & (curvature < 0)
+    delta = (minus - plus) / (2 * jnp.where(ok, curvature, -1))
+    return jnp.where(ok, jnp.clip(delta, -0.5, 0.5), 0)
+
+
+def _window_mean(volume, index, radius):
+    """Weighted mean of cell centres with weights max(H, 0) in a window around the argmax."""
+    values, mask, axes = _window(volume, index, radius)
+    weights = jnp.where(mask, jnp.maximum(values, 0), 0)
+    total = weights.sum()
+    marginals = jnp.stack([weights.sum((1, 2)), weights.sum((0, 2)), weights.sum((0, 1))])  # (3, 2r+1)
+    mean = (marginals * (axes + 0.5)).sum(-1) / jnp.where(total > 0, total, 1)
+    return jnp.where(total > 0, mean, index + 0.5)
+
+
+def _soft_argmax(volume, beta):
+    weights = jax.nn.softmax(beta * volume.reshape(-1)).reshape(volume.shape)
+    centres = jnp.arange(volume.shape[0], dtype=weights.dtype) + 0.5
+    marginals = jnp.stack([weights.sum((1, 2)), weights.sum((0, 2)), weights.sum((0, 1))])
+    return marginals @ centres
+
+
+def _decode_volume(volume, method, radius, beta, dtype):
+    index = jnp.stack(jnp.unravel_index(jnp.argmax(volume), volume.shape))  # C order, first maximum
+    if method == "argmax":
+        cell = index + 0.5
+    elif method == "parabola":
+        cell = index + 0.5 + _parabola_offset(volume, index, jnp.finfo(volume.dtype).tiny)
+    elif method == "window_mean":
+        cell = _window_mean(volume, index, radius)
+    else:
+        cell = _soft_argmax(volume, beta)
+    return cell.astype(dtype) * POOL_FACTOR
+
+
+def decode_grid_coords(heatmaps: jax.Array, method: str = "argmax", *, radius: int = 2, beta: float = 30.0,
+                       dtype=jnp.float32) -> jax.Array:
+    """(B, M, M, M, J) heatmaps -> (B, J, 3) grid coordinates c' = 2 g.
+
+    method: 'argmax' (ADOPTED, g = k + 0.5), 'parabola' (per-axis log-parabola vertex), 'window_mean' (weighted mean
+    of max(H, 0) within `radius` cells of the argmax) or 'soft_argmax' (expectation under softmax(beta H) over the
+    whole volume).
+    """
+    if method not in DECODE_METHODS:
+        raise ValueError(f"unknown decoding method {method!r}; choose one of {DECODE_METHODS}")
+    volumes = jnp.moveaxis(heatmaps, -1, 1)
+    decode = functools.partial(_decode_volume, method=method, radius=radius, beta=beta, dtype=dtype)
+    return jax.vmap(jax.vmap(decode))(volumes)
+
+
+def decode_heatmaps(heatmaps: jax.Array, centers: jax.Array, cube_mm: float, grid_size: int = 88,
+                    method: str = "argmax", **options) -> jax.Array:
+    """(B, M, M, M, J) heatmaps, (B, 3) centres -> (B, J, 3) world mm (in the wider of float32 and centres' dtype).
+
+    ADOPTED argmax: c = (k + 0.5) * 2, p = (c - N/2) C/N + r; `options` go to `decode_grid_coords`.
+    """
+    dtype = _float_dtype(centers)
+    coords = decode_grid_coords(heatmaps, method, dtype=dtype, **options)
+    return grid_to_world(coords, jnp.asarray(centers, dtype)[:, None, :], cube_mm, grid_size)

@@ -1,0 +1,125 @@
+"""Evaluation (SPEC §6), in NumPy: joint errors, success-rate curves, ITOP mAP, community result files.
+
+Result files (AHPE format): one line per test frame, `u v d` per joint (pixels, mm). The community evaluator converts
+them to world with its own intrinsics (`cameras.EVAL_INTRINSICS`), the same for ground truth and predictions.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from v2v_jax.data import cameras
+from v2v_jax.geometry import pixel_to_world, world_to_pixel
+
+THRESHOLDS_MM = np.arange(0, 81)
+ITOP_THRESHOLD_MM = 100.0
+
+
+def joint_errors(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """(F, J, 3), (F, J, 3) world mm -> (F, J) Euclidean distances."""
+    if pred.shape != gt.shape:
+        raise ValueError(f"predictions {pred.shape} and ground truth {gt.shape} differ in shape")
+    return np.linalg.norm(np.asarray(pred, np.float64) - np.asarray(gt, np.float64), axis=-1)
+
+
+def per_joint_error(errors: np.ndarray) -> np.ndarray:
+    """(F, J) -> (J,) mean over frames."""
+    return errors.mean(axis=0)
+
+
+def mean_error(errors: np.ndarray) -> float:
+    """The mean over joints of the per-joint mean over frames."""
+    return float(per_joint_error(errors).mean())
+
+
+def success_rates(errors: np.ndarray, thresholds=THRESHOLDS_MM) -> dict[str, np.ndarray]:
+    """Fractions with error <= threshold (inclusive), per threshold.
+
+    max_frame: frames whose worst joint is within; mean_frame: frames whose mean joint error is; joint: all joints.
+    """
+    th = np.asarray(thresholds, np.float64)
+    return {
+        "max_frame": (errors.max(axis=1)[:, None] <= th).mean(axis=0),
+        "mean_frame": (errors.mean(axis=1)[:, None] <= th).mean(axis=0),
+        "joint": (errors.reshape(-1)[:, None] <= th).mean(axis=0),
+    }
+
+
+def itop_average_precision(errors_mm: np.ndarray, threshold_mm: float = ITOP_THRESHOLD_MM) -> np.ndarray:
+    """(F, J) errors of the valid frames -> (J,) fraction of frames with error < threshold (strict)."""
+    return (errors_mm < threshold_mm).mean(axis=0)
+
+
+def itop_map(errors_mm: np.ndarray, threshold_mm: float = ITOP_THRESHOLD_MM) -> float:
+    """ITOP mAP@10cm: the mean over joints of `itop_average_precision`."""
+    return float(itop_average_precision(errors_mm, threshold_mm).mean())
+
+
+# --- result files ----------------------------------------------------------------------------------------------
+
+def read_result_file(path, num_joints: int | None = None) -> np.ndarray:
+    """A community result file -> (F, J, 3) float64 `u v d`; a malformed line is an error naming file and line."""
+    path = Path(path)
+    expected = 3 * num_joints if num_joints else None
+    rows = []
+    with path.open() as f:
+        for line_number, line in enumerate(f, start=1):
+            try:
+                values = [float(x) for x in line.split()]
+            except ValueError as e:
+                raise ValueError(f"{path}:{line_number}: not a number ({e})") from None
+            if expected is None and (not values or len(values) % 3):
+                raise ValueError(f"{path}:{line_number}: {len(values)} numbers, not a positive multiple of 3 "
+                                 "(u v d per joint)")
+            expected = expected or len(values)
+            if len(values) != expected:
+                raise ValueError(f"{path}:{line_number}: {len(values)} numbers, expected {expected} "
+                                 f"({expected // 3} joints x u v d)")
+            rows.append(values)
+    if not rows:
+        raise ValueError(f"{path}: no frames")
+    return np.array(rows).reshape(len(rows), -1, 3)
+
+
+def read_world(path, dataset: str, num_joints: int | None = None) -> np.ndarray:
+    """A result file -> (F, J, 3) world mm with the community evaluator's intrinsics for `dataset`."""
+    if dataset not in cameras.EVAL_INTRINSICS:
+        raise ValueError(f"no evaluator intrinsics for {dataset!r}; choose one of {sorted(cameras.EVAL_INTRINSICS)}")
+    return pixel_to_world(read_result_file(path, num_joints), cameras.EVAL_INTRINSICS[dataset])
+
+
+def write_result_file(path, joints_world: np.ndarray, spec: cameras.DatasetSpec) -> None:
+    """(F, J, 3) world mm -> a result file, projected with the camera that produced the world ground truth.
+
+    Written to a temporary file first and moved into place, so an existing file is never left half written.
+    """
+    path = Path(path)
+    joints_world = np.asarray(joints_world, np.float64)
+    if joints_world.ndim != 3 or joints_world.shape[-1] != 3:
+        raise ValueError(f"{path}: expected joints of shape (frames, joints, 3), got {joints_world.shape}; "
+                         "nothing written")
+    uvd = world_to_pixel(joints_world, spec)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "w") as f:
+            np.savetxt(f, uvd.reshape(len(uvd), -1), fmt="%.4f")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def evaluate_files(gt_path, pred_paths, dataset: str) -> dict[str, np.ndarray]:
+    """Ground-truth file and prediction files -> {prediction path: (F, J) errors in mm}."""
+    gt = read_world(gt_path, dataset)
+    results = {}
+    for pred_path in pred_paths:
+        pred = read_world(pred_path, dataset, num_joints=gt.shape[1])
+        if len(pred) != len(gt):
+            raise ValueError(f"{pred_path} has {len(pred)} frames but {gt_path} has {len(gt)}")
+        results[str(pred_path)] = joint_errors(pred, gt)
+    return results

@@ -1,0 +1,150 @@
+"""What the training loop needs around its data: opening the sets, the author's debugging checks, run set-up."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from v2v_jax import geometry
+from v2v_jax.config import Config
+from v2v_jax.data import cameras
+from v2v_jax.data.base import DepthDataset
+from v2v_jax.data.loader import frames_digest, open_dataset
+from v2v_jax.data.msra import MSRA
+from v2v_jax.data.synth import write_msra_dataset
+
+DEFAULT_SYNTH_ROOT = "data/synth"
+
+
+def configure_runtime(cfg: Config) -> None:
+    """Process-wide switches that must precede the first computation."""
+    if cfg.deterministic:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
+    if cfg.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+
+
+class Subset(DepthDataset):
+    """The first frames of a data set, for --overfit."""
+
+    def __init__(self, base: DepthDataset, count: int):
+        if count > len(base):
+            raise ValueError(f"--overfit {count}: the training set has only {len(base)} frames")
+        self.base, self.spec, self.split = base, base.spec, getattr(base, "split", "train")
+        self._set_labels(base.frame_ids[:count], base.centers[:count], base.joints[:count], {})
+
+    def read_depth(self, i: int) -> np.ndarray:
+        return self.base.read_depth(i)
+
+
+def spec_for(cfg: Config) -> cameras.DatasetSpec:
+    """The synthetic set uses MSRA's camera, joints and cube."""
+    return cameras.MSRA if cfg.data == "synth" else cameras.get(cfg.data)
+
+
+def open_datasets(cfg: Config) -> tuple[DepthDataset, DepthDataset, cameras.DatasetSpec]:
+    """(train, test, spec) for the configuration; the synthetic set is generated on first use and reused."""
+    if cfg.data == "synth":
+        root = Path(cfg.root or DEFAULT_SYNTH_ROOT)
+        write_msra_dataset(root, frames=cfg.synth_frames, seed=cfg.synth_seed, subjects=cfg.synth_subjects)
+        test_subject = cfg.synth_subjects - 1 if cfg.test_subject is None else cfg.test_subject
+        train = MSRA(root, root / "center", test_subject, split="train")
+        test = MSRA(root, root / "center", test_subject, split="test")
+    else:
+        if cfg.root is None:
+            raise ValueError(f"--data {cfg.data} needs --root DIR (and usually --centers)")
+        kw = dict(test_subject=cfg.test_subject if cfg.data == "msra" else None, view=cfg.itop_view)
+        train = open_dataset(cfg.data, cfg.root, cfg.centers, "train", **kw)
+        test = open_dataset(cfg.data, cfg.root, cfg.centers, "test", **kw)
+    for ds in (train, test):
+        if ds.num_skipped:
+            print(ds.report())
+    if cfg.overfit:
+        train = Subset(train, cfg.overfit)
+        test = train
+    return train, test, train.spec
+
+
+def describe(cfg: Config) -> str:
+    return (f"grid {cfg.grid}^3, cube {cfg.cube_mm or 'data set'} mm, width {cfg.width}, batch {cfg.batch_size}, "
+            f"{cfg.optimizer} lr {cfg.lr}, {cfg.dtype}")
+
+
+def repeat_flags(cfg: Config) -> str:
+    """Flags other than --out/--resume that differ from the defaults, to repeat on resume."""
+    default = Config()
+    skip = {"out", "resume"}
+    flags = [f" --{k.replace('_', '-')} {v}" for k, v in vars(cfg).items()
+             if k not in skip and v != getattr(default, k)]
+    return "".join(flags)
+
+
+def truncate_log(run_dir: Path, step: int) -> None:
+    """On resume, drop log lines past the restored step (they describe work that is being redone)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) != len(lines):
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)
+
+
+class RawSampleCheck:
+    """SPEC §8 lesson 1: raw samples must come back unchanged after every epoch of augmented training."""
+
+    def __init__(self, dataset: DepthDataset, count: int = 4):
+        self.dataset = dataset
+        self.indices = list(range(min(count, len(dataset))))
+        self.reference = frames_digest(dataset, self.indices)
+
+    def verify(self, epoch: int) -> None:
+        if frames_digest(self.dataset, self.indices) != self.reference:
+            raise RuntimeError(f"raw training samples changed during epoch {epoch}: something mutates the data")
+
+
+def report_initial_loss(state, train_def, batch, geo) -> tuple[float, float]:
+    """Prints the first batch's loss beside the loss of an all-zero output; returns both.
+
+    A loss that stays at the all-zero value means dead outputs (the final-ReLU bug of SPEC §8 lesson 4).
+    """
+    voxels, coords = geometry.encode_batch(batch["depth"], batch["center"], batch["joints"], None, geo.spec,
+                                           geo.grid, geo.cube_mm)
+    model = nnx.merge(train_def, state.params, jax.tree.map(jnp.copy, state.batch_stats))  # stats stay untouched
+    pred = model(voxels)
+    loss = float(geometry.heatmap_mse(pred, coords))
+    zero = float(geometry.heatmap_mse(jnp.zeros_like(pred), coords))
+    print(f"initial loss {loss:.4e}; an all-zero output gives {zero:.4e} (ratio {loss / zero:.3f})")
+    return loss, zero
+
+
+def dead_output_warning(losses: list[float], zero_loss: float, tolerance: float = 0.02) -> str | None:
+    """A message if the loss has stayed within `tolerance` of the all-zero-output loss."""
+    if len(losses) >= 2 and all(abs(x / zero_loss - 1) < tolerance for x in losses[len(losses) // 2:]):
+        return (f"the loss has stayed at the all-zero-output value {zero_loss:.3e}: the outputs look dead "
+                "(a ReLU after the output layer, or no gradient reaching it)")
+    return None
+
+
+def report_overfit(log: list[dict], zero_loss: float) -> bool:
+    """Prints whether the training loss fell at least 100x over an --overfit run; returns that."""
+    losses = [r["train_loss"] for r in log if "train_loss" in r]
+    if not losses:
+        print("overfit: no training loss was logged")
+        return False
+    first, last = losses[0], losses[-1]
+    fell = first / max(last, 1e-30)
+    ok = fell >= 100
+    print(f"overfit: loss {first:.3e} -> {last:.3e} ({fell:.0f}x); {'falls' if ok else 'does NOT fall'} >= 100x")
+    warning = dead_output_warning(losses, zero_loss)
+    if warning:
+        print("WARNING: " + warning)
+    return ok

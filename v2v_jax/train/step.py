@@ -1,0 +1,137 @@
+"""The jitted training and evaluation steps, as pure functions of an explicit TrainState.
+
+Geometry (augmentation, voxelisation, targets) runs inside the step, on the device; only depth maps, centres and
+joints travel from the host.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from v2v_jax import geometry
+from v2v_jax.data.cameras import DatasetSpec
+from v2v_jax.layers import Numerics
+from v2v_jax.model import V2VModel
+
+DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class GeometryConfig:
+    """Static description of how samples become voxels, targets and joints."""
+
+    spec: DatasetSpec
+    grid: int
+    cube_mm: float
+    augment: bool = True
+    decode: str = "argmax"
+
+
+class TrainState(flax.struct.PyTreeNode):
+    step: jax.Array          # int32 scalar: steps taken
+    params: nnx.State
+    batch_stats: nnx.State
+    opt_state: Any
+    key: jax.Array           # base PRNG key; step s draws from fold_in(key, s)
+    skipped: jax.Array       # int32 scalar: steps skipped for non-finite values
+
+
+def numerics_for(dtype: str, batchnorm: str = "torch", init: str = "original", conv: str = "xla") -> Numerics:
+    """float64 keeps parameters and statistics in float64; bfloat16 computes in bfloat16 on float32 parameters."""
+    compute = DTYPES[dtype]
+    param = jnp.float64 if dtype == "float64" else jnp.float32
+    return Numerics(dtype=compute, param_dtype=param, batchnorm=batchnorm, init=init, conv=conv)
+
+
+def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
+    """RMSprop exactly as torch.optim.RMSprop(lr, alpha=0.99, eps=1e-8), which the authors used."""
+    if name == "rmsprop":
+        return optax.rmsprop(lr, decay=0.99, eps=1e-8, initial_scale=0.0, eps_in_sqrt=False, centered=False,
+                             momentum=None)
+    if name == "adam":
+        return optax.adam(lr)
+    if name == "sgd":
+        return optax.sgd(lr, momentum=0.9)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def init_state(model: V2VModel, tx: optax.GradientTransformation, seed: int):
+    """Splits a model into (train graphdef, eval graphdef, TrainState)."""
+    model.train()
+    train_def, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+    model.eval()
+    eval_def = nnx.graphdef(model)
+    model.train()
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                       opt_state=tx.init(params), key=jax.random.key(seed), skipped=jnp.zeros((), jnp.int32))
+    return train_def, eval_def, state
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.stack(leaves).all()
+
+
+def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: str = "stop",
+                inject_nan_at_step: int | None = None) -> Callable:
+    """update(state, voxels, joint_coords) -> (state, metrics): one optimiser step on given inputs and targets."""
+
+    def loss_fn(params, batch_stats, voxels, coords):
+        model = nnx.merge(train_def, params, batch_stats, copy=True)
+        pred = model(voxels)
+        loss = geometry.heatmap_mse(pred, coords)
+        return loss, nnx.state(model, nnx.BatchStat)
+
+    def update(state: TrainState, voxels, coords):
+        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, voxels, coords)
+        if inject_nan_at_step is not None:  # fault injection for the reliability tests
+            poison = jnp.where(state.step == inject_nan_at_step, jnp.nan, 1.0)
+            grads = jax.tree.map(lambda g: g * poison.astype(g.dtype), grads)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        if on_nonfinite == "skip":
+            keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)  # noqa: E731
+            new = new.replace(params=keep(new.params, state.params),
+                              batch_stats=keep(new.batch_stats, state.batch_stats),
+                              opt_state=keep(new.opt_state, state.opt_state),
+                              skipped=state.skipped + (~finite).astype(jnp.int32))
+        return new, {"loss": loss, "finite": finite, "grad_norm": optax.global_norm(grads)}
+
+    return update
+
+
+def make_train_step(train_def, tx, geo: GeometryConfig, **update_options) -> Callable:
+    """train_step(state, batch) -> (state, metrics); batch = {'depth', 'center', 'joints'} as arrays."""
+    update = make_update(train_def, tx, **update_options)
+
+    def train_step(state: TrainState, batch):
+        key = jax.random.fold_in(state.key, state.step) if geo.augment else None
+        voxels, coords = geometry.encode_batch(batch["depth"], batch["center"], batch["joints"], key, geo.spec,
+                                               geo.grid, geo.cube_mm)
+        return update(state, voxels, coords)
+
+    return jax.jit(train_step, donate_argnums=0)
+
+
+def make_eval_step(eval_def, geo: GeometryConfig) -> Callable:
+    """eval_step(params, batch_stats, batch) -> (predicted joints (B, J, 3) mm, heatmap loss)."""
+
+    def eval_step(params, batch_stats, batch):
+        voxels, coords = geometry.encode_batch(batch["depth"], batch["center"], batch["joints"], None, geo.spec,
+                                               geo.grid, geo.cube_mm)
+        model = nnx.merge(eval_def, params, batch_stats, copy=True)
+        heatmaps = model(voxels)
+        joints = geometry.decode_heatmaps(heatmaps, batch["center"], geo.cube_mm, geo.grid, method=geo.decode)
+        return joints, geometry.heatmap_mse(heatmaps, coords)
+
+    return jax.jit(eval_step)
