@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -63,8 +64,9 @@ def default_set(workers: int) -> None:
             start = time.perf_counter()
             synth.write_msra_dataset(f"{tmp}/w{w}", workers=w)
             times[w] = time.perf_counter() - start
+            size = sum(p.stat().st_size for p in Path(f"{tmp}/w{w}").rglob("*") if p.is_file()) / 2 ** 20
             print(f"default set ({synth.DEFAULT_FRAMES} frames, {synth.DEFAULT_SUBJECTS} subjects), workers={w}: "
-                  f"{times[w]:.1f} s ({synth.DEFAULT_FRAMES / times[w]:.0f} frames/s incl. writing)")
+                  f"{times[w]:.1f} s ({synth.DEFAULT_FRAMES / times[w]:.0f} frames/s incl. writing), {size:.0f} MiB")
         if len(times) > 1:
             print(f"  speed-up with {workers} workers: x{times[1] / times[workers]:.2f}")
 

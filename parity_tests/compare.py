@@ -157,7 +157,7 @@ class Run:
     loss: float
     output: np.ndarray
     acts: dict[str, np.ndarray]
-    input_grad: np.ndarray
+    input_grad: np.ndarray | None  # None (and grads empty) for a forward-only run
     grads: dict[str, np.ndarray]
     state: dict[str, np.ndarray]
 
@@ -168,25 +168,30 @@ def _numpy(t) -> np.ndarray:
     return np.asarray(t, np.float64)
 
 
-def torch_dtype(model: torch.nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
+def torch_input(model: torch.nn.Module, x: np.ndarray) -> torch.Tensor:
+    """x as a tensor of the model's dtype on its device (x's own dtype, on the CPU, for a model without state)."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if not tensors:
+        return torch.as_tensor(np.asarray(x))
+    return torch.as_tensor(np.asarray(x), dtype=tensors[0].dtype, device=tensors[0].device)
 
 
-def run_torch(model: torch.nn.Module, x: np.ndarray, target: np.ndarray | None, *, train: bool,
+def run_torch(model: torch.nn.Module, x: np.ndarray, target: np.ndarray | None, *, train: bool, grads: bool = True,
               memory_format: torch.memory_format = torch.contiguous_format, seed: int = 0) -> tuple[Run, np.ndarray]:
-    """One forward and backward pass of a copy of `model`; also returns the target used (drawn from `seed` when
+    """One forward (and backward) pass of a copy of `model`; also returns the target used (drawn from `seed` when
     None, uniform in [0, 1) like heatmaps)."""
     model = copy.deepcopy(model).train(train).to(memory_format=memory_format)
-    p = next(model.parameters())
-    xt = torch.as_tensor(np.asarray(x), dtype=p.dtype, device=p.device).contiguous(memory_format=memory_format)
-    xt.requires_grad_(True)
-    y, taps = tmodel.forward_with_intermediates(model, xt)
-    if target is None:
-        target = np.random.default_rng(seed).random(tuple(y.shape))
-    loss = F.mse_loss(y, torch.as_tensor(target, dtype=y.dtype, device=y.device))
-    loss.backward()
+    xt = torch_input(model, x).contiguous(memory_format=memory_format).requires_grad_(grads)
+    with torch.set_grad_enabled(grads):
+        y, taps = tmodel.forward_with_intermediates(model, xt)
+        if target is None:
+            target = np.random.default_rng(seed).random(tuple(y.shape))
+        loss = F.mse_loss(y, torch.as_tensor(target, dtype=y.dtype, device=y.device))
+    if grads:
+        loss.backward()
     run = Run(loss=loss.item(), output=_numpy(y), acts={k: _numpy(v) for k, v in taps.items()},
-              input_grad=_numpy(xt.grad), grads={k: _numpy(v.grad) for k, v in model.named_parameters()},
+              input_grad=_numpy(xt.grad) if grads else None,
+              grads={k: _numpy(v.grad) for k, v in model.named_parameters()} if grads else {},
               state={k: _numpy(v) for k, v in model.state_dict().items()})
     return run, target
 
@@ -207,8 +212,16 @@ def _jax_forward_backward(model, x, target):
     return loss, y, taps, g_model, g_x
 
 
-def _param_dtype(model: nnx.Module):
-    return jax.tree.leaves(nnx.state(model, nnx.Param))[0].dtype
+@nnx.jit
+def _jax_forward(model, x, target):
+    with record_intermediates() as taps:
+        y = model(x)
+    return _mse(y, target), y, dict(taps)
+
+
+def _param_dtype(model: nnx.Module, default=jnp.float32):
+    leaves = jax.tree.leaves(nnx.state(model, nnx.Param))
+    return leaves[0].dtype if leaves else default
 
 
 def label_blocks(module: nnx.Module) -> nnx.Module:
@@ -220,19 +233,22 @@ def label_blocks(module: nnx.Module) -> nnx.Module:
     return module
 
 
-def run_jax(model: nnx.Module, x: np.ndarray, target: np.ndarray, *, train: bool) -> Run:
-    """One forward and backward pass of a copy of `model`, results mapped to torch layout and keys."""
+def run_jax(model: nnx.Module, x: np.ndarray, target: np.ndarray, *, train: bool, grads: bool = True) -> Run:
+    """One forward (and backward) pass of a copy of `model`, results mapped to torch layout and keys."""
     model = label_blocks(nnx.clone(model))
     model.train() if train else model.eval()
-    dtype = _param_dtype(model)
-    xj = jnp.asarray(to_jax_layout(x), dtype)
-    loss, y, taps, g_model, g_x = _jax_forward_backward(model, xj, jnp.asarray(to_jax_layout(target), dtype))
-    grad_model = nnx.clone(model)
-    nnx.update(grad_model, g_model)
-    grads = convert.torch_state_dict(grad_model)
+    dtype = _param_dtype(model, default=np.asarray(x).dtype)
+    xj, tj = jnp.asarray(to_jax_layout(x), dtype), jnp.asarray(to_jax_layout(target), dtype)
+    if grads:
+        loss, y, taps, g_model, g_x = _jax_forward_backward(model, xj, tj)
+        grad_model = nnx.clone(model)
+        nnx.update(grad_model, g_model)
+        param_grads = {k: _numpy(v) for k, v in convert.torch_state_dict(grad_model).items()}
+    else:
+        (loss, y, taps), g_x, param_grads = _jax_forward(model, xj, tj), None, {}
     return Run(loss=float(loss), output=to_torch_layout(_numpy(y)),
                acts={k: to_torch_layout(_numpy(v)) for k, v in taps.items()},
-               input_grad=to_torch_layout(_numpy(g_x)), grads={k: _numpy(v) for k, v in grads.items()},
+               input_grad=None if g_x is None else to_torch_layout(_numpy(g_x)), grads=param_grads,
                state={k: _numpy(v) for k, v in convert.torch_state_dict(model).items()})
 
 
@@ -290,7 +306,8 @@ def compare_runs(t: Run, j: Run, *, train: bool, tol: float) -> list[Row]:
     def owned(errors, path):
         return _max(e for k, e in errors.items() if _owner(k, blocks) == path) if errors else None
 
-    rows = [Row(INPUT, None, None, rel_error(j.input_grad, t.input_grad), None, tol)]
+    input_err = None if t.input_grad is None else rel_error(j.input_grad, t.input_grad)
+    rows = [Row(INPUT, None, None, input_err, None, tol)]
     for path in blocks:
         rows.append(Row(path, abs_error(j.acts[path], t.acts[path]), rel_error(j.acts[path], t.acts[path]),
                         owned(grad_err, path), owned(stat_err, path), tol))
@@ -300,16 +317,17 @@ def compare_runs(t: Run, j: Run, *, train: bool, tol: float) -> list[Row]:
 
 
 def compare_models(torch_model: torch.nn.Module, jax_model: nnx.Module, x: np.ndarray, *, train: bool = True,
-                   target: np.ndarray | None = None, tol: float | None = None,
+                   grads: bool = True, target: np.ndarray | None = None, tol: float | None = None,
                    memory_format: torch.memory_format = torch.contiguous_format, seed: int = 0) -> list[Row]:
-    """Forward (per block), backward (input and every parameter) and, in train mode, BN running statistics of
-    both models on the same input x (torch layout), the JAX model given the torch model's weights first.
+    """Forward (per block), backward (input and every parameter; skipped when not `grads`) and, in train mode, BN
+    running statistics of both models on the same input x (torch layout), the JAX model given the torch weights.
 
     The loss is MSE against `target` (torch layout; uniform [0, 1) drawn from `seed` when None). `tol` defaults to
     TOLERANCES of the JAX model's compute dtype. `memory_format` applies to the torch model and input.
     """
-    t_run, target = run_torch(torch_model, x, target, train=train, memory_format=memory_format, seed=seed)
-    j_run = run_jax(with_torch_weights(jax_model, torch_model), x, target, train=train)
+    t_run, target = run_torch(torch_model, x, target, train=train, grads=grads, memory_format=memory_format,
+                              seed=seed)
+    j_run = run_jax(with_torch_weights(jax_model, torch_model), x, target, train=train, grads=grads)
     if tol is None:
         tol = tolerance(compute_dtype(jax_model))
     return compare_runs(t_run, j_run, train=train, tol=tol)
@@ -331,9 +349,8 @@ def calibrate_running_stats(torch_model: torch.nn.Module, x: np.ndarray) -> torc
     for bn in bns:
         bn.reset_running_stats()
         bn.momentum = None  # cumulative average: after one batch, exactly its statistics
-    p = next(model.parameters())
     with torch.no_grad():
-        model(torch.as_tensor(np.asarray(x), dtype=p.dtype, device=p.device))
+        model(torch_input(model, x))
     for bn in bns:
         bn.momentum = 0.1
     return model
@@ -379,16 +396,14 @@ def train_both(torch_model: torch.nn.Module, jax_model: nnx.Module, batches: Seq
         optax_rmsprop())
     opt = make_torch_opt(torch_model.parameters())
     optimizer = nnx.Optimizer(jax_model, tx, wrt=nnx.Param)
-    p = next(torch_model.parameters())
     dtype = _param_dtype(jax_model)
     torch_losses, jax_losses = [], []
     for x, target in zip(batches, targets, strict=True):
         opt.zero_grad()
-        loss = F.mse_loss(torch_model(torch.as_tensor(x, dtype=p.dtype, device=p.device)),
-                          torch.as_tensor(target, dtype=p.dtype, device=p.device))
+        loss = F.mse_loss(torch_model(torch_input(torch_model, x)), torch_input(torch_model, target))
         loss.backward()
         opt.step()
-        torch_losses.append(float(loss))
+        torch_losses.append(loss.item())
         jax_losses.append(float(_jax_train_step(jax_model, optimizer, jnp.asarray(to_jax_layout(x), dtype),
                                                 jnp.asarray(to_jax_layout(target), dtype))))
     t_state = {k: _numpy(v) for k, v in torch_model.state_dict().items()}

@@ -5,7 +5,6 @@ u = 2^-24 is the unit roundoff of float32.
 """
 
 import dataclasses
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -154,6 +153,19 @@ def test_voxels_equal_reference(scale, angle, translation):
     differ, fragile = assert_grids_equal_up_to_ties(np.asarray(grid32), expected, coords64,
                                                     tie_band(points32, center32, cube, N))
     assert differ <= fragile
+
+
+def test_identity_augmentation_is_no_augmentation():
+    """s = 1, theta = 0, t = 0 multiply by 1 and add 0; XLA may still round the two programs differently (a fused
+    multiply-add skips one rounding), by at most a few ulp of |c - N/2| + N/2 <= 2N; both match float64."""
+    rng = np.random.default_rng(2)
+    center = np.array([3.7, -21.9, 402.3], np.float32)
+    points = random_points(rng, center, 200.0, 5000).astype(np.float32)
+    expected = ref.generate_coord(points, center.astype(np.float64), 200.0, N)
+    tolerance = 4 * U32 * 2 * N
+    for aug in (None, geometry.identity_augmentation()):
+        np.testing.assert_allclose(to_grid(jnp.asarray(points), jnp.asarray(center), 200.0, N, aug), expected,
+                                   rtol=0, atol=tolerance)
 
 
 def test_documented_float32_tie():
@@ -354,6 +366,26 @@ def test_draws_differ_per_sample_and_repeat_per_key():
     np.testing.assert_array_equal(again[0], voxels)
     np.testing.assert_array_equal(again[1], coords)
     assert not np.array_equal(encode_batch(*batch, jax.random.key(2), spec, 32)[1], coords)
+
+
+def test_encode_sample_is_one_sample_of_encode_batch():
+    spec = TINY["msra"]
+    scenes = [toy_scene(spec, s) for s in (11, 12, 13)]
+    depths, centers, joints = (jnp.asarray(np.stack([s[i] for s in scenes]), jnp.float32) for i in range(3))
+    key = jax.random.key(5)
+    voxels, coords = encode_batch(depths, centers, joints, key, spec, 24)
+    for b, sample_key in enumerate(jax.random.split(key, 3)):
+        v, c = geometry.encode_sample(depths[b], centers[b], joints[b], sample_key, spec, 24)
+        assert v.shape == (24, 24, 24, 1) and v.sum() > 0
+        # Two XLA programs may round differently (fused multiply-adds): a few ulp of |c'| <= 2N, and voxels may
+        # differ only where such a difference crosses a voxel face.
+        np.testing.assert_allclose(c, coords[b], rtol=0, atol=8 * U32 * 48)
+        aug = geometry.sample_augmentation(sample_key)
+        points = ref.depth_to_points(np.asarray(depths[b]), spec)
+        coords64 = ref.generate_coord(points, np.asarray(centers[b]), spec.cube_mm, 24, scale=float(aug.scale),
+                                      angle=float(aug.angle), trans=np.asarray(aug.translation, np.float64))
+        band = tie_band(points, np.asarray(centers[b]), spec.cube_mm, 24)
+        assert_grids_equal_up_to_ties(np.asarray(v[..., 0]), np.asarray(voxels[b, ..., 0]), coords64, band)
 
 
 def test_encode_batch_without_key_equals_reference():

@@ -55,6 +55,9 @@ class Config:
     eval_batches: int | None = None  # evaluate on at most this many test batches (None: all)
     plots: bool = True
     preset: str = "default"          # default | paper
+    coordinator: str | None = None   # multi-host: host:port of process 0 (jax.distributed.initialize)
+    num_processes: int = 1
+    process_id: int = 0
     inject_nan_at_step: int | None = None  # fault injection (reliability tests): NaN gradients at this step
 
     def to_json(self) -> str:

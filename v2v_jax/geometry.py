@@ -11,6 +11,7 @@ Array axes (0, 1, 2) are world (x, y, z). Computation runs in the wider of float
 from __future__ import annotations
 
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -109,7 +110,7 @@ def _rotate_xy(d, angle, inverse=False):
 def world_to_grid(points, center, cube_mm, grid_size: int, aug: Augmentation | None = None) -> jax.Array:
     """(..., 3) world mm -> continuous voxel coordinates c' = s R(theta) (c - N/2) + N/2 + t, c = (p - r) N/C + N/2.
 
-    The offset from the centre is formed first, so that without augmentation c' = (p - r) N/C + N/2 exactly.
+    The offset p - r is formed first, so its rounding error is relative to the offset, not to |p|.
     """
     dtype = _float_dtype(points, center)
     d = (jnp.asarray(points, dtype) - jnp.asarray(center, dtype)) * jnp.asarray(grid_size / cube_mm, dtype)
@@ -130,19 +131,41 @@ def grid_to_world(coords, center, cube_mm, grid_size: int, aug: Augmentation | N
 
 
 def voxelize_grid_coords(coords: jax.Array, grid_size: int, dtype=jnp.float32) -> jax.Array:
-    """(P, 3) continuous voxel coordinates -> (N, N, N) occupancy: voxel floor(c') is 1 if 0 <= floor(c') < N."""
-    n = grid_size
-    inside = jnp.all((coords >= 0) & (coords < n), axis=-1)  # the same as 0 <= floor(c) < N; NaN is outside
-    index = jnp.floor(jnp.where(inside[:, None], coords, 0)).astype(jnp.int32)
-    flat = jnp.where(inside, (index[:, 0] * n + index[:, 1]) * n + index[:, 2], n ** 3)
-    grid = jnp.zeros((n ** 3,), dtype).at[flat].set(1, mode="drop")
-    return grid.reshape(n, n, n)
+    """(..., P, 3) continuous voxel coordinates -> (..., N, N, N) occupancy: voxel floor(c') is 1 where
+    0 <= floor(c') < N on every axis, 0 elsewhere.
+
+    Leading batch axes are folded into one flat scatter, which XLA runs fastest on CPU and which reshapes to any
+    (..., N, N, N[, 1]) without a copy (a vmapped scatter is about half as fast and copies to add a channel axis).
+    """
+    n, batch = grid_size, coords.shape[:-2]
+    volumes = math.prod(batch)
+    if volumes * n ** 3 >= 2 ** 31:
+        raise ValueError(f"{volumes} grids of {n}^3 voxels overflow int32 indices; voxelise in smaller batches")
+    x, y, z = coords[..., 0], coords[..., 1], coords[..., 2]
+    inside = (x >= 0) & (x < n) & (y >= 0) & (y < n) & (z >= 0) & (z < n)  # = 0 <= floor(c) < N; NaN is outside
+    i, j, k = [jnp.floor(jnp.where(inside, c, 0)).astype(jnp.int32) for c in (x, y, z)]
+    volume = jnp.arange(volumes, dtype=jnp.int32).reshape(*batch, 1)
+    flat = jnp.where(inside, ((volume * n + i) * n + j) * n + k, volumes * n ** 3)  # past the end: dropped
+    grid = jnp.zeros((volumes * n ** 3,), dtype).at[flat.reshape(-1)].set(1, mode="drop")
+    return grid.reshape(*batch, n, n, n)
 
 
 def voxelize(points, center, cube_mm, grid_size: int, aug: Augmentation | None = None,
              dtype=jnp.float32) -> jax.Array:
-    """(P, 3) world points -> (N, N, N) occupancy of the cube of side `cube_mm` around `center`."""
+    """(P, 3) world points -> (N, N, N) occupancy of the cube of side `cube_mm` around `center`.
+
+    float32 and float64 agree except for points within rounding of a voxel face (tests/test_geometry.py).
+    """
     return voxelize_grid_coords(world_to_grid(points, center, cube_mm, grid_size, aug), grid_size, dtype)
+
+
+def _encode(depths, centers, joints, augs: Augmentation | None, spec, grid_size, cube_mm):
+    """The batched encoding, given one augmentation per sample (leading axis B) or None."""
+    cube_mm = spec.cube_mm if cube_mm is None else cube_mm
+    to_grid = jax.vmap(lambda p, c, a: world_to_grid(p, c, cube_mm, grid_size, a))
+    points = jax.vmap(lambda d: depth_to_points(d, spec))(depths)
+    voxels = voxelize_grid_coords(to_grid(points, centers, augs), grid_size)
+    return voxels[..., None], to_grid(joints, centers, augs)
 
 
 def encode_sample(depth, center, joints, key: jax.Array | None, spec: DatasetSpec, grid_size: int = 88,
@@ -151,21 +174,20 @@ def encode_sample(depth, center, joints, key: jax.Array | None, spec: DatasetSpe
 
     `key` None means no augmentation (evaluation); otherwise one draw shared by the voxels and the joints.
     """
-    cube_mm = spec.cube_mm if cube_mm is None else cube_mm
-    aug = None if key is None else sample_augmentation(key)
-    points = depth_to_points(depth, spec)
-    voxels = voxelize(points, center, cube_mm, grid_size, aug)
-    return voxels[..., None], world_to_grid(joints, center, cube_mm, grid_size, aug)
+    aug = None if key is None else jax.tree.map(lambda x: x[None], sample_augmentation(key))
+    voxels, coords = _encode(depth[None], jnp.asarray(center)[None], jnp.asarray(joints)[None], aug, spec,
+                             grid_size, cube_mm)
+    return voxels[0], coords[0]
 
 
 def encode_batch(depths, centers, joints, key: jax.Array | None, spec: DatasetSpec, grid_size: int = 88,
                  cube_mm: float | None = None) -> tuple[jax.Array, jax.Array]:
-    """Batched `encode_sample`: (B, H, W), (B, 3), (B, J, 3) -> (B, N, N, N, 1), (B, J, 3); one draw per sample."""
-    encode = functools.partial(encode_sample, spec=spec, grid_size=grid_size, cube_mm=cube_mm)
-    if key is None:
-        return jax.vmap(lambda d, c, j: encode(d, c, j, None))(depths, centers, joints)
-    keys = jax.random.split(key, depths.shape[0])
-    return jax.vmap(encode)(depths, centers, joints, keys)
+    """Batched `encode_sample`: (B, H, W), (B, 3), (B, J, 3) -> (B, N, N, N, 1), (B, J, 3).
+
+    Sample b draws its augmentation with `jax.random.split(key, B)[b]`; key None: no augmentation.
+    """
+    augs = None if key is None else jax.vmap(sample_augmentation)(jax.random.split(key, depths.shape[0]))
+    return _encode(depths, centers, joints, augs, spec, grid_size, cube_mm)
 
 
 # --- heatmap targets and loss ----------------------------------------------------------------------------------
@@ -182,7 +204,7 @@ def gaussian_heatmaps(joint_grid_coords, out_size: int = 44, sigma: float = SIGM
 def heatmap_mse(pred: jax.Array, joint_grid_coords: jax.Array, sigma: float = SIGMA) -> jax.Array:
     """Mean squared error over B*M^3*J against targets built here, in the wider of float32 and pred's dtype."""
     out_size = pred.shape[1]
-    if pred.shape[1:4] != (out_size,) * 3 or pred.shape[4] != joint_grid_coords.shape[1]:
+    if pred.ndim != 5 or pred.shape[1:4] != (out_size,) * 3 or pred.shape[4] != joint_grid_coords.shape[1]:
         raise ValueError(f"heatmaps of shape {pred.shape} do not fit joints of shape {joint_grid_coords.shape}")
     dtype = _float_dtype(pred)
     targets = jax.vmap(lambda c: gaussian_heatmaps(c, out_size, sigma, dtype))(joint_grid_coords)
@@ -233,6 +255,7 @@ def _soft_argmax(volume, beta):
 
 
 def _decode_volume(volume, method, radius, beta, dtype):
+    volume = volume.astype(_float_dtype(volume))  # refinements in at least float32, also for bfloat16 outputs
     index = jnp.stack(jnp.unravel_index(jnp.argmax(volume), volume.shape))  # C order, first maximum
     if method == "argmax":
         cell = index + 0.5
@@ -245,7 +268,7 @@ def _decode_volume(volume, method, radius, beta, dtype):
     return cell.astype(dtype) * POOL_FACTOR
 
 
-def decode_grid_coords(heatmaps: jax.Array, method: str = "argmax", *, radius: int = 2, beta: float = 30.0,
+def decode_grid_coords(heatmaps: jax.Array, method: str = "argmax", *, radius: int = 3, beta: float = 30.0,
                        dtype=jnp.float32) -> jax.Array:
     """(B, M, M, M, J) heatmaps -> (B, J, 3) grid coordinates c' = 2 g.
 

@@ -73,8 +73,9 @@ def _projection(volume, axis, transpose):
 def plot_volume_projections(path, voxels, heatmaps=None, joints=None, decoded=None, edges=(), title=None):
     """Save the three maximum-intensity projections of an (N, N, N) grid.
 
-    heatmaps: (M, M, M, J), shown as the maximum over joints in colour where it exceeds 0.1; joints (J, 3): grid coordinates of the target
-    peaks (circles, joined by `edges`); decoded (J, 3): decoded grid coordinates (crosses).
+    heatmaps: (M, M, M, J), shown as the maximum over joints in colour where it exceeds 0.1;
+    joints (J, 3): grid coordinates of the target peaks (circles, joined by `edges`);
+    decoded (J, 3): decoded grid coordinates (crosses).
     """
     voxels = np.asarray(voxels)
     n = voxels.shape[0]
@@ -149,8 +150,8 @@ def example_projection(path, seed: int = 0):
     decoded = geometry.decode_grid_coords(heatmaps[None])[0]
     plot_volume_projections(path, np.asarray(voxels[..., 0]), np.asarray(heatmaps), np.asarray(coords),
                             np.asarray(decoded), SKELETONS["msra"],
-                            title="toy hand, 88³ grid, one augmentation draw: occupied voxels (grey), targets (colour), "
-                                  "target peaks (circles), argmax decoding of the targets (x)")
+                            title="toy hand, 88³ grid, one augmentation draw: occupied voxels (grey), "
+                                  "targets (colour), target peaks (circles), argmax decoding of the targets (x)")
 
 
 def main(argv=None):

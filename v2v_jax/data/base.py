@@ -6,11 +6,19 @@ mm in the data set's own axes (`spec.y_up`), so `Frame.center` and `Frame.joints
 Frame arrays are read-only: the depth is read fresh on every access, and centre and joints are read-only views
 of the in-memory labels, so an augmentation that works in place raises instead of corrupting later epochs
 (SPEC §8 lesson 1).
+
+Bad frames (docs/reliability.md): a depth file that cannot be read, depth that is NaN, infinite or negative, a
+reference centre at zero depth, and, when the data set is given the training cube (`cube_mm`), a frame none of
+whose points falls inside the cube around its centre (the input grid would be empty). `on_bad_frame='error'` (the
+default) raises DataError naming the file and the problem when the frame is opened (centres) or read (depth);
+`on_bad_frame='skip'` reads every frame once when the data set is opened, drops the bad ones, logs each and counts
+them by reason in `skipped`. A malformed label or centre file is never a frame's fault: it always raises.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 from collections import defaultdict
 from pathlib import Path
@@ -19,9 +27,21 @@ import numpy as np
 
 from v2v_jax.data import cameras
 
+log = logging.getLogger(__name__)
+BAD_FRAME_POLICIES = ("error", "skip")
+UNREADABLE = "unreadable depth file"
+SKIP_HINT = "to skip such frames instead (logged and counted) use on_bad_frame='skip' (train.py --on-bad-frame skip)"
+
 
 class DataError(ValueError):
-    """A data file is missing or malformed; the message names the file and the problem."""
+    """A data file is missing or malformed; the message names the file and the problem.
+
+    `reason` is a short category ('unreadable depth file', 'empty cube', ...): on_bad_frame='skip' counts the frames
+    it drops under it."""
+
+    def __init__(self, message: str, reason: str = "malformed file"):
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +63,8 @@ class DepthDataset:
 
     After `_set_frames`, `sources` (what `read_depth` reads: a path or a row index), `frame_ids`, `centers`
     (N, 3) and `joints` (N, J, 3) float32 hold the frames kept. Frames whose reference centre is `invalid`, or
-    that the labels mark invalid, are dropped and counted in `skipped`.
+    that the labels mark invalid, are dropped and counted in `skipped`; so are bad frames under
+    `on_bad_frame='skip'` (module docstring).
     """
 
     spec: cameras.DatasetSpec
@@ -53,17 +74,61 @@ class DepthDataset:
     centers: np.ndarray
     joints: np.ndarray
     skipped: dict[str, int]
+    on_bad_frame: str = "error"
+    cube_mm: float | None = None  # given: a frame with no point inside the cube around its centre is bad
 
-    def _set_frames(self, sources, frame_ids, centers, joints, marked_valid=None) -> None:
-        """Keep the frames with a valid centre (and `marked_valid`, if given); count the others by reason."""
+    def _set_frames(self, sources, frame_ids, centers, joints, marked_valid=None, *, centers_source,
+                    on_bad_frame: str = "error", cube_mm: float | None = None) -> None:
+        """Keep the frames with a valid centre (and `marked_valid`, if given); count the others by reason.
+
+        `centers_source` (the centre file, or the label file the centres come from) is named by errors about
+        centres; `on_bad_frame` and `cube_mm` as in the module docstring.
+        """
+        if on_bad_frame not in BAD_FRAME_POLICIES:
+            raise ValueError(f"on_bad_frame must be one of {BAD_FRAME_POLICIES}, got {on_bad_frame!r}")
+        self.on_bad_frame, self.cube_mm = on_bad_frame, cube_mm
+        centers = np.asarray(centers)
         keep = ~np.isnan(centers).any(axis=1)
         skipped = {"invalid centre": int((~keep).sum())}
         if marked_valid is not None:
             skipped["marked invalid in labels"] = int((keep & ~marked_valid).sum())
             keep &= marked_valid
+        zero_depth = keep & (centers[:, 2] <= 0)
+        if zero_depth.any():
+            bad = np.flatnonzero(zero_depth)
+            message = (f"{centers_source}: reference centre at zero depth ({centers[bad[0]].tolist()}) for frame "
+                       f"{frame_ids[bad[0]]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
+            if on_bad_frame == "error":
+                raise DataError(f"{message}; {SKIP_HINT}", "centre at zero depth")
+            for i in bad:
+                log.warning("skipping frame %s: reference centre at zero depth (%s in %s)", frame_ids[i],
+                            centers[i].tolist(), centers_source)
+            skipped["bad frame: centre at zero depth"] = len(bad)
+            keep &= ~zero_depth
         self.sources = [s for s, k in zip(sources, keep) if k]
-        self._set_labels([f for f, k in zip(frame_ids, keep) if k], np.asarray(centers)[keep],
-                         np.asarray(joints)[keep], skipped)
+        self._set_labels([f for f, k in zip(frame_ids, keep) if k], centers[keep], np.asarray(joints)[keep],
+                         skipped)
+        if on_bad_frame == "skip":
+            self._drop_bad_frames()
+
+    def _drop_bad_frames(self) -> None:
+        """Read every frame once; drop those that raise DataError, logging each and counting them by reason."""
+        bad = {}
+        for i in range(len(self)):
+            try:
+                self[i]
+            except DataError as error:
+                bad[i] = error
+                log.warning("skipping frame %s: %s", self.frame_ids[i], error)
+        if not bad:
+            return
+        kept = [i for i in range(len(self)) if i not in bad]
+        skipped = dict(self.skipped)
+        for error in bad.values():
+            key = f"bad frame: {error.reason}"
+            skipped[key] = skipped.get(key, 0) + 1
+        self.sources = [self.sources[i] for i in kept]
+        self._set_labels([self.frame_ids[i] for i in kept], self.centers[kept], self.joints[kept], skipped)
 
     def _set_labels(self, frame_ids, centers, joints, skipped: dict[str, int]) -> None:
         """Store the labels of the frames kept, as read-only float32 arrays."""
@@ -78,11 +143,19 @@ class DepthDataset:
     def read_depth(self, i: int) -> np.ndarray:
         raise NotImplementedError
 
+    def source_name(self, i: int) -> str:
+        """Where frame i's depth comes from, for messages."""
+        return str(self.sources[i])
+
     def __getitem__(self, i: int) -> Frame:
         if not -len(self) <= i < len(self):
             raise IndexError(f"frame {i} out of range for {len(self)} frames")
         i = i % len(self)
         depth = self.read_depth(i)
+        if self.cube_mm is not None and points_in_cube(depth, self.centers[i], self.spec, self.cube_mm) == 0:
+            raise DataError(f"{self.source_name(i)}: no depth point of frame {self.frame_ids[i]} falls inside the "
+                            f"{self.cube_mm:g} mm cube around its reference centre {self.centers[i].tolist()}: the "
+                            f"input grid would be empty; {SKIP_HINT}", "empty cube")
         return Frame(read_only(depth), self.centers[i], self.joints[i], self.frame_ids[i])
 
     @property
@@ -98,14 +171,36 @@ class DepthDataset:
 def check_depth(depth: np.ndarray, path, shape: tuple[int, int]) -> np.ndarray:
     """Return `depth` if it is a finite, non-negative image of `shape`; raise DataError naming `path` otherwise."""
     if depth.shape != shape:
-        raise DataError(f"{path}: depth image has shape {depth.shape}, expected {shape}")
+        raise DataError(f"{path}: depth image has shape {depth.shape}, expected {shape}", "wrong image size")
     if np.isnan(depth).any():
-        raise DataError(f"{path}: depth contains NaN ({int(np.isnan(depth).sum())} pixels)")
+        raise DataError(f"{path}: depth contains NaN ({int(np.isnan(depth).sum())} pixels)", "non-finite depth")
     if (depth < 0).any():
-        raise DataError(f"{path}: depth contains negative values (min {float(depth.min())})")
+        raise DataError(f"{path}: depth contains negative values (min {float(depth.min())})", "negative depth")
     if np.isinf(depth).any():
-        raise DataError(f"{path}: depth contains infinite values")
+        raise DataError(f"{path}: depth contains infinite values", "non-finite depth")
     return depth
+
+
+def points_in_cube(depth: np.ndarray, center: np.ndarray, spec: cameras.DatasetSpec, cube_mm: float) -> int:
+    """How many points of `depth` voxelisation keeps (SPEC §4): zero depth at the background, pixel -> world,
+    then r - C/2 <= p < r + C/2 on every axis (up to rounding at the faces). NumPy, so loader workers stay JAX-free."""
+    z = depth.astype(np.float64)
+    if spec.background_mm is not None:
+        z = np.where(z == 0, spec.background_mm, z)
+    low, high = np.asarray(center, np.float64) - cube_mm / 2, np.asarray(center, np.float64) + cube_mm / 2
+    rows, cols = np.nonzero((z >= low[2]) & (z < high[2]))
+    z = z[rows, cols]
+    x = (cols - spec.cx) * z / spec.fx
+    y = (spec.cy - rows if spec.y_up else rows - spec.cy) * z / spec.fy
+    return int(((x >= low[0]) & (x < high[0]) & (y >= low[1]) & (y < high[1])).sum())
+
+
+def read_text(path: Path) -> list[str]:
+    """The lines of a text file; DataError naming the file if it is not UTF-8 text."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not a text file ({error.reason} at byte {error.start})") from None
 
 
 def require_dir(path: Path, what: str) -> Path:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from v2v_jax.data.base import DataError, parse_rows, require_file, to_floats
+from v2v_jax.data.base import DataError, parse_rows, read_text, require_file, to_floats
 
 INVALID = "invalid"
 
@@ -18,15 +18,17 @@ INVALID = "invalid"
 def read_centers(path) -> np.ndarray:
     """Parse a centre file: (N, 3) float64, a row of NaN for each `invalid invalid invalid` line."""
     path = require_file(Path(path), "reference centre")
-    rows = parse_rows(path, path.read_text().splitlines(), 3)
+    rows = parse_rows(path, read_text(path), 3)
     for k, row in enumerate(rows, start=1):
         flags = [value.lower() == INVALID for value in row]
         if any(flags) and not all(flags):
             raise DataError(f"{path}:{k}: partly invalid centre {' '.join(row)!r}")
-    rows = [["nan"] * 3 if row[0].lower() == INVALID else row for row in rows]
-    centers = to_floats(path, rows) if rows else np.zeros((0, 3))
-    if np.isinf(centers).any():
-        raise DataError(f"{path}: centre file contains infinite values")
+    invalid = np.array([row[0].lower() == INVALID for row in rows], bool)
+    centers = to_floats(path, [["nan"] * 3 if bad else row for row, bad in zip(rows, invalid)]) if rows \
+        else np.zeros((0, 3))
+    if not np.isfinite(centers[~invalid]).all():
+        raise DataError(f"{path}: centre file contains NaN or infinite values (write 'invalid invalid invalid' for "
+                        "a frame without a centre)")
     return centers
 
 

@@ -24,7 +24,7 @@ BASES = np.array([[-25, 70, 0], [-5, 72, 0], [15, 67, 0], [33, 58, 0], [-22, 18,
 BONES = np.array([[40, 23, 20], [45, 27, 21], [42, 26, 20], [33, 18, 18], [46, 32, 25]], np.float64)
 RADII = np.array([[10, 7], [10, 7], [10, 7], [8.5, 6], [11, 8]], np.float64)  # at the base joint, at the tip
 FINGER_SPLAY_DEG = (5.0, 0.0, -5.0, -12.0)  # rest direction of each finger from +y, toward the thumb > 0
-THUMB_REST_DEG = 40.0        # thumb metacarpal at zero angles: this far from +y toward -x, in the palm plane
+THUMB_REST_DEG = 30.0        # thumb metacarpal at zero angles: this far from +y toward -x, in the palm plane
 THUMB_PRONATION_DEG = 60.0   # thumb nail turned this far from dorsal toward the radial side
 
 LIMITS_DEG = np.array([
@@ -39,7 +39,7 @@ DIP_JITTER_DEG = 10.0
 
 PALM_RADIUS = 14.0
 PALM_GRID = 5          # rows from the wrist to the knuckles, and columns across the palm
-FOREARM = ((-11.0, 11.0), (6.0, -50.0), (17.0, 19.0))  # chain x positions, y from -> to, radius from -> to
+FOREARM = ((-12.0, 12.0), (6.0, -40.0), (15.0, 17.0))  # chain x positions, y from -> to, radius from -> to
 WEB_RADIUS = 9.0       # skin between the thumb and the index finger
 SPHERE_SPACING = 0.5   # of the smaller radius, between neighbouring spheres of a bone (SPEC §7)
 
@@ -62,19 +62,19 @@ class HandShape:
         return np.concatenate([bones, palm], axis=-2)
 
 
-def _rot_x(a):
-    c, s, o, i = np.cos(a), np.sin(a), np.zeros_like(a), np.ones_like(a)
-    return np.stack([np.stack([i, o, o], -1), np.stack([o, c, -s], -1), np.stack([o, s, c], -1)], -2)
-
-
-def _rot_z(a):
-    c, s, o, i = np.cos(a), np.sin(a), np.zeros_like(a), np.ones_like(a)
-    return np.stack([np.stack([c, -s, o], -1), np.stack([s, c, o], -1), np.stack([o, o, i], -1)], -2)
+def _rotation(axis: int, angle) -> np.ndarray:
+    """Right-handed rotations (..., 3, 3) by `angle` (radians, any shape) about coordinate axis 0, 1 or 2."""
+    c, s = np.cos(angle), np.sin(angle)
+    i, j = (axis + 1) % 3, (axis + 2) % 3
+    m = np.zeros(np.shape(angle) + (3, 3))
+    m[..., axis, axis] = 1.0
+    m[..., i, i], m[..., i, j], m[..., j, i], m[..., j, j] = c, -s, s, c
+    return m
 
 
 def rest_frames() -> np.ndarray:
     """(5, 3, 3) rest frames: fingers splayed in the palm plane; the thumb turned out and pronated."""
-    fingers = _rot_z(np.deg2rad(np.array(FINGER_SPLAY_DEG)))
+    fingers = _rotation(2, np.deg2rad(np.array(FINGER_SPLAY_DEG)))
     rest, pronation = np.deg2rad(THUMB_REST_DEG), np.deg2rad(THUMB_PRONATION_DEG)
     along = np.array([-np.sin(rest), np.cos(rest), 0.0])
     radial = np.array([-np.cos(rest), -np.sin(rest), 0.0])
@@ -149,11 +149,11 @@ def sample_shape(rng: np.random.Generator) -> HandShape:
 def forward_kinematics(shape: HandShape, angles_deg: np.ndarray) -> np.ndarray:
     """Joint positions (..., 21, 3) in the hand frame from angles (..., 5, 4) in degrees."""
     a = np.deg2rad(np.asarray(angles_deg, np.float64))
-    rot = shape.frames @ _rot_z(a[..., 0]) @ _rot_x(-a[..., 1])
+    rot = shape.frames @ _rotation(2, a[..., 0]) @ _rotation(0, -a[..., 1])
     points = [np.broadcast_to(shape.bases, a.shape[:-1] + (3,))]
     for k in range(3):
         if k:
-            rot = rot @ _rot_x(-a[..., k + 1])
+            rot = rot @ _rotation(0, -a[..., k + 1])
         points.append(points[-1] + rot[..., :, 1] * shape.bones[:, k, None])
     chains = np.stack(points, axis=-2).reshape(a.shape[:-2] + (20, 3))
     wrist = np.zeros(a.shape[:-2] + (1, 3))
@@ -165,7 +165,9 @@ def chain_joint(chain: int, k: int) -> int:
     return 1 + 4 * chain + k
 
 
-# Finger modes: ranges of (MCP flexion, PIP flexion); thumb modes: (CMC abduction, CMC flexion, MCP, IP).
+# Finger modes: ranges of (MCP flexion, PIP flexion); thumb modes: (CMC abduction, CMC flexion, MCP, IP). Besides
+# these, "random" draws every angle of a chain within LIMITS_DEG and "pinch" is solved for (`_pinch`); pointing is
+# gesture "1" (index straight, the rest closed).
 FINGER_MODES = {
     "straight": ((-10, 10), (0, 10)),
     "half": ((25, 55), (35, 70)),
@@ -202,25 +204,30 @@ GESTURES = {
     "TIP": ("straight", "closed", "closed", "straight", "straight"),
     "Y": ("closed", "closed", "closed", "straight", "straight"),
 }
-# A closed finger is drawn half-closed or at random within the limits this often, for variety.
-LOOSE_FINGER_P = {"half": 0.2, "random": 0.1}
+# A closed chain is drawn half-closed, at random within the limits, or closed with these odds, for variety.
+LOOSE_P = (0.2, 0.1, 0.7)
 FAN = (1.0, 0.0, -0.5, -1.0)  # share of its abduction limit each extended finger takes when the hand spreads fully
 ABDUCTION_JITTER_DEG = 4.0
 
 
 def _coupled_dip(rng, pip):
+    """DIP flexion follows the PIP's (SPEC §7: about 2/3 of it, +-10 degrees)."""
     return np.clip(DIP_PER_PIP * pip + rng.uniform(-DIP_JITTER_DEG, DIP_JITTER_DEG, np.shape(pip)),
                    *LIMITS_DEG[0, 3])
 
 
-def _finger_angles(rng, chain: int, mode: str, spread: float) -> np.ndarray:
+def _chain_angles(rng, chain: int, mode: str, spread: float) -> np.ndarray:
     if mode == "random":
-        abd, mcp, pip = rng.uniform(LIMITS_DEG[chain, :3, 0], LIMITS_DEG[chain, :3, 1])
+        angles = rng.uniform(LIMITS_DEG[chain, :, 0], LIMITS_DEG[chain, :, 1])
+    elif chain == THUMB:
+        return rng.uniform(*np.array(THUMB_MODES[mode]).T)
     else:
         mcp, pip = rng.uniform(*np.array(FINGER_MODES[mode]).T)
         fan = spread * FAN[chain] * LIMITS_DEG[chain, 0, 1] if mode == "straight" else 0.0
-        abd = fan + rng.uniform(-ABDUCTION_JITTER_DEG, ABDUCTION_JITTER_DEG)
-    return np.array([abd, mcp, pip, _coupled_dip(rng, pip)])
+        angles = np.array([fan + rng.uniform(-ABDUCTION_JITTER_DEG, ABDUCTION_JITTER_DEG), mcp, pip, 0.0])
+    if chain != THUMB:
+        angles[3] = _coupled_dip(rng, angles[2])
+    return angles
 
 
 def _pinch(rng, shape: HandShape, angles: np.ndarray, chain: int) -> np.ndarray:
@@ -228,20 +235,23 @@ def _pinch(rng, shape: HandShape, angles: np.ndarray, chain: int) -> np.ndarray:
     then of jittered copies of the best (PINCH_REFINE_DEG), since the little finger meets the thumb only in a
     small part of their joint space."""
     n = PINCH_CANDIDATES
+    touch = shape.radii[chain, 1] + shape.radii[THUMB, 1]
+
+    def closest(cand):
+        cand[:, chain, 3] = _coupled_dip(rng, cand[:, chain, 2])
+        joints = forward_kinematics(shape, cand)
+        gap = np.linalg.norm(joints[:, TIPS[chain]] - joints[:, TIPS[THUMB]], axis=-1)
+        return cand[np.argmin(np.abs(gap - touch))]
+
     cand = np.repeat(angles[None], n, axis=0)
     cand[:, chain, 0] = rng.uniform(-ABDUCTION_JITTER_DEG, ABDUCTION_JITTER_DEG, n)
     cand[:, chain, 1:3] = rng.uniform(*np.array(PINCH_RANGES).T, size=(n, 2))
     cand[:, THUMB] = rng.uniform(LIMITS_DEG[THUMB, :, 0], LIMITS_DEG[THUMB, :, 1], size=(n, 4))
-    touch = shape.radii[chain, 1] + shape.radii[THUMB, 1]
-    for jitter in (None,) + PINCH_REFINE_DEG:
-        if jitter is not None:
-            cand = np.repeat(best[None], n, axis=0)
-            cand[:, [chain, THUMB]] += rng.normal(0.0, jitter, (n, 2, 4))
-            cand = np.clip(cand, LIMITS_DEG[..., 0], LIMITS_DEG[..., 1])
-        cand[:, chain, 3] = _coupled_dip(rng, cand[:, chain, 2])
-        joints = forward_kinematics(shape, cand)
-        gap = np.linalg.norm(joints[:, TIPS[chain]] - joints[:, TIPS[THUMB]], axis=-1)
-        best = cand[np.argmin(np.abs(gap - touch))]
+    best = closest(cand)
+    for jitter in PINCH_REFINE_DEG:
+        cand = np.repeat(best[None], n, axis=0)
+        cand[:, [chain, THUMB]] += rng.normal(0.0, jitter, (n, 2, 4))
+        best = closest(np.clip(cand, LIMITS_DEG[..., 0], LIMITS_DEG[..., 1]))
     return best
 
 
@@ -250,15 +260,11 @@ def sample_pose(rng: np.random.Generator, shape: HandShape, gesture: str) -> np.
     modes = GESTURES[gesture]
     spread = rng.uniform(-0.2, 1.0)  # how far the extended fingers fan out: toward their abduction limits
     angles = np.zeros((5, 4))
-    for chain, mode in enumerate(modes[:THUMB]):
+    for chain, mode in enumerate(modes):
         if mode == "closed":
-            draw = rng.uniform()
-            mode = "half" if draw < LOOSE_FINGER_P["half"] else (
-                "random" if draw < LOOSE_FINGER_P["half"] + LOOSE_FINGER_P["random"] else "closed")
-        angles[chain] = _finger_angles(rng, chain, "straight" if mode == "pinch" else mode, spread)
-    thumb = "straight" if modes[THUMB] == "pinch" else modes[THUMB]
-    angles[THUMB] = rng.uniform(*np.array(THUMB_MODES[thumb]).T)
-    if modes[THUMB] == "pinch":
+            mode = rng.choice(["half", "random", "closed"], p=LOOSE_P)
+        angles[chain] = _chain_angles(rng, chain, "straight" if mode == "pinch" else mode, spread)
+    if "pinch" in modes:
         angles = _pinch(rng, shape, angles, modes.index("pinch"))
     return np.clip(angles, LIMITS_DEG[..., 0], LIMITS_DEG[..., 1])
 
@@ -278,15 +284,10 @@ MIRROR = np.diag([1.0, 1.0, -1.0])
 PALM_TO_CAMERA = np.diag([-1.0, 1.0, -1.0])
 
 
-def _rot_y(a):
-    c, s, o, i = np.cos(a), np.sin(a), np.zeros_like(a), np.ones_like(a)
-    return np.stack([np.stack([c, o, s], -1), np.stack([o, i, o], -1), np.stack([-s, o, c], -1)], -2)
-
-
 def view_rotation(yaw_deg: float, pitch_deg: float, roll_deg: float) -> np.ndarray:
     """(3, 3) hand frame -> camera (data set world) matrix; its determinant is -1 (see MIRROR)."""
     yaw, pitch, roll = np.deg2rad([yaw_deg, pitch_deg, roll_deg])
-    return MIRROR @ _rot_z(roll) @ _rot_x(pitch) @ _rot_y(yaw) @ PALM_TO_CAMERA
+    return MIRROR @ _rotation(2, roll) @ _rotation(0, pitch) @ _rotation(1, yaw) @ PALM_TO_CAMERA
 
 
 def palm_centre(joints: np.ndarray) -> np.ndarray:

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from v2v_jax.data import cameras
-from v2v_jax.data.base import DataError, DepthDataset, check_depth, parse_rows, require_file, require_files, to_floats
+from v2v_jax.data.base import (DataError, DepthDataset, check_depth, parse_rows, read_text, require_file,
+                               require_files, to_floats)
 from v2v_jax.data.centers import centers_for
 from v2v_jax.data.images import read_png_uint16
 
@@ -24,13 +25,14 @@ TEST_FIELDS = 5  # name x y w h
 class HANDS2017(DepthDataset):
     spec = cameras.HANDS2017
 
-    def __init__(self, root, centers_file=None, split: str = "train"):
+    def __init__(self, root, centers_file=None, split: str = "train", on_bad_frame: str = "error",
+                 cube_mm: float | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         self.root, self.split = Path(root), split
         folder, label_file = SPLITS[split]
         labels = require_file(self.root / folder / label_file, "label")
-        lines = labels.read_text().splitlines()
+        lines = read_text(labels)
         num_joints = self.spec.num_joints
         if split == "train":
             rows = parse_rows(labels, lines, 1 + 3 * num_joints)
@@ -44,7 +46,8 @@ class HANDS2017(DepthDataset):
         paths = [self.root / folder / "images" / n for n in names]
         require_files(paths, "depth")
         centers = centers_for(centers_file, joints, labels)
-        self._set_frames(paths, names, centers, joints)
+        self._set_frames(paths, names, centers, joints, centers_source=centers_file or labels,
+                         on_bad_frame=on_bad_frame, cube_mm=cube_mm)
 
     def read_depth(self, i: int) -> np.ndarray:
         path = self.sources[i]

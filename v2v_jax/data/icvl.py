@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from v2v_jax.data import cameras
-from v2v_jax.data.base import DataError, DepthDataset, check_depth, parse_rows, require_file, require_files, to_floats
+from v2v_jax.data.base import (UNREADABLE, DataError, DepthDataset, check_depth, parse_rows, read_text,
+                               require_file, require_files, to_floats)
 from v2v_jax.data.centers import centers_for
 from v2v_jax.data.images import read_png_uint16
 
@@ -23,8 +24,10 @@ SPLITS = {"train": ("Training", ("labels.txt",)), "test": ("Testing", ("test_seq
 def read_labels(path: Path, spec: cameras.DatasetSpec) -> tuple[list[str], np.ndarray]:
     """Image paths and (N, J, 3) world-mm joints of one ICVL label file."""
     path = require_file(path, "label")
-    rows = parse_rows(path, path.read_text().splitlines(), 1 + 3 * spec.num_joints)
+    rows = parse_rows(path, read_text(path), 1 + 3 * spec.num_joints)
     uvd = to_floats(path, [row[1:] for row in rows]).reshape(len(rows), spec.num_joints, 3)
+    if not np.isfinite(uvd).all():
+        raise DataError(f"{path}: joint labels contain NaN or infinite values")
     u, v, d = uvd[..., 0], uvd[..., 1], uvd[..., 2]
     # SPEC §4 with ICVL's y pointing down; NumPy here rather than v2v_jax.geometry keeps JAX out of loader workers
     xyz = np.stack([(u - spec.cx) * d / spec.fx, (v - spec.cy) * d / spec.fy, d], axis=-1)
@@ -36,14 +39,16 @@ def read_depth_raw(path, shape: tuple[int, int]) -> np.ndarray:
     data = Path(path).read_bytes()
     expected = shape[0] * shape[1] * 4
     if len(data) != expected:
-        raise DataError(f"{path}: {len(data)} bytes, expected {expected} for a {shape[1]}x{shape[0]} float32 image")
+        raise DataError(f"{path}: {len(data)} bytes, expected {expected} for a {shape[1]}x{shape[0]} float32 image",
+                        UNREADABLE)
     return np.frombuffer(data, "<f4").reshape(shape).astype(np.float32)
 
 
 class ICVL(DepthDataset):
     spec = cameras.ICVL
 
-    def __init__(self, root, centers_file=None, split: str = "train", depth_format: str = "png"):
+    def __init__(self, root, centers_file=None, split: str = "train", depth_format: str = "png",
+                 on_bad_frame: str = "error", cube_mm: float | None = None):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
         if depth_format not in ("png", "bin"):
@@ -60,7 +65,8 @@ class ICVL(DepthDataset):
         paths = [(self.root / folder / "Depth" / n).with_suffix(suffix) for n in names]
         require_files(paths, "depth")
         centers = centers_for(centers_file, joints, self.root / folder)
-        self._set_frames(paths, names, centers, joints)
+        self._set_frames(paths, names, centers, joints, centers_source=centers_file or self.root / folder,
+                         on_bad_frame=on_bad_frame, cube_mm=cube_mm)
 
     def read_depth(self, i: int) -> np.ndarray:
         shape = (self.spec.height, self.spec.width)

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from v2v_jax.data import cameras
-from v2v_jax.data.base import DataError, DepthDataset, check_depth, require_file
+from v2v_jax.data.base import UNREADABLE, DataError, DepthDataset, check_depth, require_file
 from v2v_jax.data.centers import centers_for
 
 MM_PER_M = 1000.0
@@ -41,7 +41,8 @@ def _open_h5(path: Path) -> h5py.File:
 class ITOP(DepthDataset):
     spec = cameras.ITOP
 
-    def __init__(self, root, centers_dir=None, view: str = "side", split: str = "train"):
+    def __init__(self, root, centers_dir=None, view: str = "side", split: str = "train", on_bad_frame: str = "error",
+                 cube_mm: float | None = None):
         if view not in VIEWS:
             raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
         if split not in ("train", "test"):
@@ -68,8 +69,9 @@ class ITOP(DepthDataset):
                             f"{self.spec.width}) to match {labels_path.name}")
         centers_file = None if centers_dir is None else Path(centers_dir) / f"ITOP_{view}_center_{split}.txt"
         centers = centers_for(centers_file, joints, labels_path, scale=MM_PER_M)
-        self._set_frames(range(num), [f"{view}/{split}/{i}" for i in ids], centers, joints, marked_valid)
         self._file, self._pid = None, None
+        self._set_frames(range(num), [f"{view}/{split}/{i}" for i in ids], centers, joints, marked_valid,
+                         centers_source=centers_file or labels_path, on_bad_frame=on_bad_frame, cube_mm=cube_mm)
 
     def __getstate__(self):
         return {**self.__dict__, "_file": None, "_pid": None}
@@ -77,6 +79,12 @@ class ITOP(DepthDataset):
     def read_depth(self, i: int) -> np.ndarray:
         if self._pid != os.getpid():  # one handle per process: h5py handles must not cross a fork
             self._file, self._pid = _open_h5(self.depth_path), os.getpid()
-        metres = self._file["data"][self.sources[i]]
+        try:
+            metres = self._file["data"][self.sources[i]]
+        except (OSError, ValueError, KeyError) as error:
+            raise DataError(f"{self.source_name(i)}: cannot read depth ({error})", UNREADABLE) from None
         depth = metres.astype(np.float32) * np.float32(MM_PER_M)
-        return check_depth(depth, f"{self.depth_path}[{self.sources[i]}]", (self.spec.height, self.spec.width))
+        return check_depth(depth, self.source_name(i), (self.spec.height, self.spec.width))
+
+    def source_name(self, i: int) -> str:
+        return f"{self.depth_path}[{self.sources[i]}]"

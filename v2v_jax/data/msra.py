@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from v2v_jax.data import cameras
-from v2v_jax.data.base import (DataError, DepthDataset, check_depth, parse_rows, require_dir, require_file,
-                               require_files, to_floats)
+from v2v_jax.data.base import (UNREADABLE, DataError, DepthDataset, check_depth, parse_rows, read_text,
+                               require_dir, require_file, require_files, to_floats)
 from v2v_jax.data.centers import centers_for
 
 HEADER_DTYPE = np.dtype("<u4")
@@ -116,21 +116,23 @@ def read_depth_bin(path) -> np.ndarray:
     data = Path(path).read_bytes()
     header_bytes = HEADER_LEN * HEADER_DTYPE.itemsize
     if len(data) < header_bytes:
-        raise DataError(f"{path}: truncated .bin, {len(data)} bytes is shorter than the {header_bytes}-byte header")
+        raise DataError(f"{path}: truncated .bin, {len(data)} bytes is shorter than the {header_bytes}-byte header",
+                        UNREADABLE)
     width, height, left, top, right, bottom = (int(v) for v in np.frombuffer(data, HEADER_DTYPE, HEADER_LEN))
     if (height, width) != MSRA_SHAPE:
-        raise DataError(f"{path}: header says {width}x{height}, expected {MSRA_SHAPE[1]}x{MSRA_SHAPE[0]}")
+        raise DataError(f"{path}: header says {width}x{height}, expected {MSRA_SHAPE[1]}x{MSRA_SHAPE[0]}",
+                        UNREADABLE)
     if not (0 <= left <= right <= width and 0 <= top <= bottom <= height):
         raise DataError(f"{path}: header box left={left} top={top} right={right} bottom={bottom} "
-                        f"does not fit a {width}x{height} image")
+                        f"does not fit a {width}x{height} image", UNREADABLE)
     expected = (bottom - top) * (right - left) * 4
     payload = len(data) - header_bytes
     if payload < expected:
         raise DataError(f"{path}: truncated .bin, the header box {right - left}x{bottom - top} needs {expected} "
-                        f"payload bytes, the file has {payload}")
+                        f"payload bytes, the file has {payload}", UNREADABLE)
     if payload > expected:
         raise DataError(f"{path}: header box {right - left}x{bottom - top} ({expected} bytes) does not match "
-                        f"the payload size {payload} bytes")
+                        f"the payload size {payload} bytes", UNREADABLE)
     depth = np.zeros(MSRA_SHAPE, np.float32)
     depth[top:bottom, left:right] = np.frombuffer(data, "<f4", offset=header_bytes).reshape(bottom - top,
                                                                                             right - left)
@@ -140,7 +142,7 @@ def read_depth_bin(path) -> np.ndarray:
 def read_joint_txt(path) -> np.ndarray:
     """Read an MSRA `joint.txt` into (N, 21, 3) float32 world mm with z positive."""
     path = require_file(Path(path), "joint label")
-    lines = path.read_text().splitlines()
+    lines = read_text(path)
     try:
         count = int(lines[0])
     except (IndexError, ValueError):
@@ -164,11 +166,14 @@ def subjects(root) -> list[int]:
 
 
 class MSRA(DepthDataset):
-    """Leave-one-subject-out fold `test_subject` of MSRA; `split` 'train' (the other subjects) or 'test'."""
+    """Leave-one-subject-out fold `test_subject` of MSRA; `split` 'train' (the other subjects) or 'test'.
+
+    `on_bad_frame` and `cube_mm`: see `base` (bad frames raise or are skipped)."""
 
     spec = cameras.MSRA
 
-    def __init__(self, root, centers_dir, test_subject: int, split: str = "train"):
+    def __init__(self, root, centers_dir, test_subject: int, split: str = "train", on_bad_frame: str = "error",
+                 cube_mm: float | None = None):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.root, self.split, self.test_subject = Path(root), split, test_subject
@@ -189,8 +194,10 @@ class MSRA(DepthDataset):
                 joints.append(labels)
         joints = np.concatenate(joints) if joints else np.zeros((0, 21, 3), np.float32)
         centers_file = None if centers_dir is None else Path(centers_dir) / f"center_{split}_{test_subject}_refined.txt"
-        centers = centers_for(centers_file, joints, f"{self.root} (subjects {', '.join(f'P{k}' for k in chosen)})")
-        self._set_frames(paths, frame_ids, centers, joints)
+        labels = f"{self.root} (subjects {', '.join(f'P{k}' for k in chosen)})"
+        centers = centers_for(centers_file, joints, labels)
+        self._set_frames(paths, frame_ids, centers, joints, centers_source=centers_file or labels,
+                         on_bad_frame=on_bad_frame, cube_mm=cube_mm)
 
     def read_depth(self, i: int) -> np.ndarray:
         return read_depth_bin(self.sources[i])

@@ -43,7 +43,8 @@ def read_joint_data(path: Path) -> np.ndarray:
 class NYU(DepthDataset):
     spec = cameras.NYU
 
-    def __init__(self, root, centers_file=None, split: str = "train"):
+    def __init__(self, root, centers_file=None, split: str = "train", on_bad_frame: str = "error",
+                 cube_mm: float | None = None):
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
         self.root, self.split = Path(root), split
@@ -53,7 +54,9 @@ class NYU(DepthDataset):
         paths = [folder / n for n in names]
         require_files(paths, "depth")
         centers = centers_for(centers_file, joints, folder / "joint_data.mat")
-        self._set_frames(paths, [f"{split}/{n[:-4]}" for n in names], centers, joints)
+        self._set_frames(paths, [f"{split}/{n[:-4]}" for n in names], centers, joints,
+                         centers_source=centers_file or folder / "joint_data.mat", on_bad_frame=on_bad_frame,
+                         cube_mm=cube_mm)
 
     def read_depth(self, i: int) -> np.ndarray:
         path = self.sources[i]

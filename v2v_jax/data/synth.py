@@ -35,7 +35,7 @@ DEFAULT_FRAMES = 2400
 DEFAULT_SUBJECTS = 5
 CENTRE_NOISE_MM = 4.0
 MARKER = "synth.json"
-RENDER_BATCH = 64
+RENDER_BATCH = 16
 _SUBJECT_STREAM, _FRAME_STREAM = 0, 1
 SPEC = cameras.MSRA
 
@@ -104,7 +104,8 @@ class SynthFrames:
 
 
 def render_rows(rows: np.ndarray, seed: int) -> SynthFrames:
-    """Generate the frames named by `plan_frames` rows; consecutive rows of one subject are rendered together."""
+    """Generate the frames named by `plan_frames` rows, RENDER_BATCH rows at a time grouped by subject (hands differ
+    in their number of spheres)."""
     if seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed}")
     depth = np.zeros((len(rows), SPEC.height, SPEC.width), np.float32)
@@ -217,10 +218,11 @@ def main(argv=None) -> None:
     parser.add_argument("--subjects", type=int, default=DEFAULT_SUBJECTS)
     parser.add_argument("--workers", type=int, default=1, help="processes generating gesture folders in parallel")
     args = parser.parse_args(argv)
+    reused = _read_marker(Path(args.out)) == _marker(args.frames, args.seed, args.subjects)
     start = time.perf_counter()
     out = write_msra_dataset(args.out, args.frames, args.seed, args.subjects, args.workers)
-    print(f"{out}: {args.frames} frames, {args.subjects} subjects, seed {args.seed} "
-          f"({time.perf_counter() - start:.1f} s; reused if already complete)")
+    done = "already complete, reused" if reused else f"written in {time.perf_counter() - start:.1f} s"
+    print(f"{out}: {args.frames} frames, {args.subjects} subjects, seed {args.seed}: {done}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from v2v_jax.data.base import DepthDataset
 from v2v_jax.data.loader import frames_digest, open_dataset
 from v2v_jax.data.msra import MSRA
 from v2v_jax.data.synth import write_msra_dataset
+from v2v_jax.train import parallel
+from v2v_jax.train.run_dir import read_log
 
 DEFAULT_SYNTH_ROOT = "data/synth"
 
@@ -28,6 +30,8 @@ def configure_runtime(cfg: Config) -> None:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_gpu_deterministic_ops=true").strip()
     if cfg.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    if cfg.coordinator:
+        parallel.initialize_distributed(cfg.coordinator, cfg.num_processes, cfg.process_id)
 
 
 class Subset(DepthDataset):
@@ -38,6 +42,7 @@ class Subset(DepthDataset):
             raise ValueError(f"--overfit {count}: the training set has only {len(base)} frames")
         self.base, self.spec, self.split = base, base.spec, getattr(base, "split", "train")
         self._set_labels(base.frame_ids[:count], base.centers[:count], base.joints[:count], {})
+        self.sources, self.cube_mm = base.sources[:count], base.cube_mm  # the same bad-frame checks as `base`
 
     def read_depth(self, i: int) -> np.ndarray:
         return self.base.read_depth(i)
@@ -50,16 +55,17 @@ def spec_for(cfg: Config) -> cameras.DatasetSpec:
 
 def open_datasets(cfg: Config) -> tuple[DepthDataset, DepthDataset, cameras.DatasetSpec]:
     """(train, test, spec) for the configuration; the synthetic set is generated on first use and reused."""
+    checks = dict(on_bad_frame=cfg.on_bad_frame, cube_mm=cfg.cube_mm or spec_for(cfg).cube_mm)  # bad frames
     if cfg.data == "synth":
         root = Path(cfg.root or DEFAULT_SYNTH_ROOT)
         write_msra_dataset(root, frames=cfg.synth_frames, seed=cfg.synth_seed, subjects=cfg.synth_subjects)
         test_subject = cfg.synth_subjects - 1 if cfg.test_subject is None else cfg.test_subject
-        train = MSRA(root, root / "center", test_subject, split="train")
-        test = MSRA(root, root / "center", test_subject, split="test")
+        train = MSRA(root, root / "center", test_subject, split="train", **checks)
+        test = MSRA(root, root / "center", test_subject, split="test", **checks)
     else:
         if cfg.root is None:
             raise ValueError(f"--data {cfg.data} needs --root DIR (and usually --centers)")
-        kw = dict(test_subject=cfg.test_subject if cfg.data == "msra" else None, view=cfg.itop_view)
+        kw = dict(test_subject=cfg.test_subject if cfg.data == "msra" else None, view=cfg.itop_view, **checks)
         train = open_dataset(cfg.data, cfg.root, cfg.centers, "train", **kw)
         test = open_dataset(cfg.data, cfg.root, cfg.centers, "test", **kw)
     for ds in (train, test):
@@ -90,11 +96,10 @@ def truncate_log(run_dir: Path, step: int) -> None:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return
-    lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
-    if len(kept) != len(lines):
+    text = "".join(json.dumps(r) + "\n" for r in read_log(run_dir) if r["step"] <= step)  # drops a torn last line
+    if text != path.read_text():
         tmp = path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text(text)
         tmp.replace(path)
 
 

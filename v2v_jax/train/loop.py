@@ -13,6 +13,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from v2v_jax.config import Config, parse_config, save_config
+from v2v_jax.data.base import DataError
 from v2v_jax.data.loader import batches
 from v2v_jax.model import V2VModel
 from v2v_jax.train import data as train_data
@@ -54,19 +55,24 @@ def build(cfg: Config, spec, num_joints: int):
 
 
 def evaluate(eval_step, state: TrainState, dataset, cfg: Config, mesh) -> dict:
-    """Predicts every test frame (or `eval_batches` batches) and returns errors in mm."""
+    """Predicts every test frame (or `eval_batches` batches) and returns errors in mm.
+
+    The last, partial batch is padded to the full batch size (static shapes, divisible over devices).
+    """
     preds, gts, losses = [], [], []
     for k, batch in enumerate(batches(dataset, cfg.batch_size, seed=0, epoch=0, shuffle=False, drop_last=False,
                                       num_workers=cfg.num_workers)):
         if cfg.eval_batches is not None and k >= cfg.eval_batches:
             break
-        device_batch = parallel.shard_batch({k2: batch[k2] for k2 in ("depth", "center", "joints")}, mesh)
-        joints, loss = eval_step(state.params, state.batch_stats, device_batch)
-        preds.append(np.asarray(joints))
+        count = len(batch["joints"])
+        padded = {key: np.concatenate([batch[key], np.repeat(batch[key][-1:], cfg.batch_size - count, axis=0)])
+                  for key in ("depth", "center", "joints")}
+        joints, loss = eval_step(state.params, state.batch_stats, parallel.shard_batch(padded, mesh))
+        preds.append(parallel.gather(joints)[:count])
         gts.append(batch["joints"])
-        losses.append(float(loss) * len(batch["joints"]))
+        losses.append(parallel.gather(loss)[:count])
     pred, gt = np.concatenate(preds), np.concatenate(gts)
-    return {"pred": pred, "gt": gt, "loss": sum(losses) / len(gt), **report.summary(pred, gt)}
+    return {"pred": pred, "gt": gt, "loss": float(np.concatenate(losses).mean()), **report.summary(pred, gt)}
 
 
 def train(cfg: Config) -> dict:
@@ -76,8 +82,8 @@ def train(cfg: Config) -> dict:
     num_joints = spec.num_joints
     train_def, eval_def, state, tx, geo = build(cfg, spec, num_joints)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    lock = acquire(run_dir, cfg.resume, needed_bytes=(cfg.keep_checkpoints + 2) * CHECKPOINT_BYTES_PER_PARAM
-                   * num_params + 64 * 2**20)
+    needed = (cfg.keep_checkpoints + 2) * CHECKPOINT_BYTES_PER_PARAM * num_params + 64 * 2**20
+    lock = acquire(run_dir, cfg.resume, needed) if jax.process_index() == 0 else None  # process 0 owns the run
     stop = _StopRequest()
     stop.install()
     checkpoints = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
@@ -86,13 +92,14 @@ def train(cfg: Config) -> dict:
                       stop)
     finally:
         checkpoints.close()
-        lock.close()
+        if lock is not None:
+            lock.close()
 
 
 def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, tx, geo, checkpoints, stop):
     position = {"epoch": 0, "batch": 0, "best": None, "history": []}
     if cfg.resume:
-        restored = checkpoints.restore_latest(state)
+        restored = checkpoints.restore_latest(state, set_aside_corrupt=True)
         if restored is None:
             print(f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
         else:
@@ -134,6 +141,7 @@ def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, 
                 if step == 0:
                     log.write(0, train_loss=initial_loss, zero_output_loss=zero_loss)
             state, out = train_step(state, device_batch)
+            out = parallel.to_host(out)
             loss = float(out["loss"])
             step += 1
             position["batch"] += 1
@@ -142,14 +150,17 @@ def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, 
                     f"non-finite loss or gradient at step {step} (loss {loss}); stopped without saving it. "
                     f"Last good checkpoint: {run_dir / 'checkpoints' / str(last_good) if last_good is not None else 'none'}"
                     f". Resume from it with --resume, or pass --on-nonfinite skip")
+            if not bool(out["finite"]):
+                tqdm.write(f"step {step}: non-finite loss or gradient; skipped it ({int(state.skipped)} so far)")
             if step % cfg.log_every == 0 or step == total_steps:
                 log.write(step, train_loss=loss, grad_norm=float(out["grad_norm"]),
                           steps_per_s=step / max(time.time() - t_start, 1e-9), skipped=int(state.skipped))
             bar.set_postfix(loss=f"{loss:.3e}", epoch=epoch + 1)
             bar.update(1)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            epoch_ends = position["batch"] == steps_per_epoch  # then the epoch's end evaluates and checkpoints
+            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not epoch_ends:
                 last_good = checkpoints.save(state, {"step": step, **position})
-            if stop.signal or step >= total_steps:
+            if (stop.signal or step >= total_steps) and not epoch_ends:
                 break
         else:  # the epoch ran to its end
             result = evaluate(eval_step, state, test_set, cfg, mesh)
@@ -170,7 +181,8 @@ def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, 
         break
     bar.close()
     if stop.signal:
-        last_good = checkpoints.save(state, {"step": step, **position})
+        if last_good != step:
+            last_good = checkpoints.save(state, {"step": step, **position})
         checkpoints.wait()
         log.close()
         print(f"\n{stop.signal}: saved checkpoint at step {step} in {run_dir / 'checkpoints'}. "
@@ -196,6 +208,6 @@ def main(argv: list[str] | None = None) -> None:
     train_data.configure_runtime(cfg)
     try:
         train(cfg)
-    except (RunDirError, TrainingError) as e:
+    except (RunDirError, TrainingError, DataError) as e:  # CheckpointError is a RunDirError
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from tensorboardX import SummaryWriter
@@ -18,17 +19,15 @@ class RunDirError(RuntimeError):
 def acquire(run_dir: Path, resume: bool, needed_bytes: int):
     """Creates/claims `run_dir` for this process; returns the open lock file (keep it open for the run).
 
-    Refuses: a directory another live run holds; a previous run's checkpoints without --resume (nothing is
+    Refuses: a directory another live run holds (an exclusive `flock` on `run_dir/.lock`, released by the kernel
+    when its holder exits, however it exits); a previous run's checkpoints without --resume (nothing is
     overwritten); an unwritable directory; less free space than `needed_bytes`.
     """
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write_probe"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        lock = open(run_dir / ".lock", "a+")
     except OSError as e:
         raise RunDirError(f"{run_dir}: output directory is not writable ({e.strerror})") from e
-    lock = open(run_dir / ".lock", "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -37,20 +36,32 @@ def acquire(run_dir: Path, resume: bool, needed_bytes: int):
         lock.close()
         raise RunDirError(f"{run_dir}: another run (pid {owner}) is writing to this directory; "
                           "wait for it or choose another --out") from None
-    lock.seek(0)
-    lock.truncate()
-    lock.write(str(os.getpid()))
-    lock.flush()
-    if not resume and (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
+    try:
+        _check_run_dir(run_dir, resume, needed_bytes)
+        lock.seek(0)
+        lock.truncate()
+        lock.write(str(os.getpid()))
+        lock.flush()
+    except OSError as e:
         lock.close()
+        raise RunDirError(f"{run_dir}: output directory is not writable ({e.strerror})") from e
+    except RunDirError:
+        lock.close()
+        raise
+    return lock
+
+
+def _check_run_dir(run_dir: Path, resume: bool, needed_bytes: int) -> None:
+    with tempfile.TemporaryFile(dir=run_dir) as probe:  # a private name: two runs starting together cannot collide
+        probe.write(b"ok")
+        probe.flush()
+    if not resume and (run_dir / "checkpoints").exists() and any((run_dir / "checkpoints").iterdir()):
         raise RunDirError(f"{run_dir}: holds a previous run's checkpoints; continue it with --resume or choose "
                           "another --out (nothing was overwritten)")
     free = shutil.disk_usage(run_dir).free
     if free < needed_bytes:
-        lock.close()
         raise RunDirError(f"{run_dir}: only {free / 2**20:.0f} MiB free, the run needs about "
                           f"{needed_bytes / 2**20:.0f} MiB for checkpoints and logs")
-    return lock
 
 
 class ScalarLog:
@@ -65,8 +76,12 @@ class ScalarLog:
     def write(self, step: int, **scalars: float) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self.jsonl.flush()
+        try:
+            self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+            self.jsonl.flush()
+        except OSError as e:
+            raise RunDirError(f"{self.jsonl.name}: cannot write the training log ({e.strerror}); the checkpoints "
+                              "written so far are intact: free space, then continue with --resume") from e
         for name, value in scalars.items():
             self.tb.add_scalar(name, value, step)
 
@@ -77,7 +92,10 @@ class ScalarLog:
 
 
 def read_log(run_dir: Path) -> list[dict]:
+    """The records of metrics.jsonl; a last line without its newline (a write cut short by a crash or a full disk)
+    is left out."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    complete = path.read_text().split("\n")[:-1]
+    return [json.loads(line) for line in complete if line.strip()]

@@ -92,8 +92,8 @@ def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: st
     def update(state: TrainState, voxels, coords):
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.batch_stats, voxels, coords)
-        if inject_nan_at_step is not None:  # fault injection for the reliability tests
-            poison = jnp.where(state.step == inject_nan_at_step, jnp.nan, 1.0)
+        if inject_nan_at_step is not None:  # fault injection for the reliability tests; steps count from 1
+            poison = jnp.where(state.step + 1 == inject_nan_at_step, jnp.nan, 1.0)
             grads = jax.tree.map(lambda g: g * poison.astype(g.dtype), grads)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -124,7 +124,7 @@ def make_train_step(train_def, tx, geo: GeometryConfig, **update_options) -> Cal
 
 
 def make_eval_step(eval_def, geo: GeometryConfig) -> Callable:
-    """eval_step(params, batch_stats, batch) -> (predicted joints (B, J, 3) mm, heatmap loss)."""
+    """eval_step(params, batch_stats, batch) -> (predicted joints (B, J, 3) mm, per-sample heatmap loss (B,))."""
 
     def eval_step(params, batch_stats, batch):
         voxels, coords = geometry.encode_batch(batch["depth"], batch["center"], batch["joints"], None, geo.spec,
@@ -132,6 +132,7 @@ def make_eval_step(eval_def, geo: GeometryConfig) -> Callable:
         model = nnx.merge(eval_def, params, batch_stats, copy=True)
         heatmaps = model(voxels)
         joints = geometry.decode_heatmaps(heatmaps, batch["center"], geo.cube_mm, geo.grid, method=geo.decode)
-        return joints, geometry.heatmap_mse(heatmaps, coords)
+        per_sample = jax.vmap(lambda h, c: geometry.heatmap_mse(h[None], c[None]))(heatmaps, coords)
+        return joints, per_sample
 
     return jax.jit(eval_step)
