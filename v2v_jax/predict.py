@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import jax
@@ -18,13 +19,30 @@ from v2v_jax import convert, metrics
 from v2v_jax.config import Config
 from v2v_jax.data import cameras
 from v2v_jax.geometry import world_to_pixel
-from v2v_jax.data.images import read_depth_file
+from v2v_jax.data.base import DataError
+from v2v_jax.data.images import read_png_nyu, read_png_uint16
+from v2v_jax.data.msra import read_depth_bin
 from v2v_jax.data.loader import batches
 from v2v_jax.train import data as train_data
 from v2v_jax.train.report import summary
 from v2v_jax.train.checkpoint import Checkpointer
 from v2v_jax.train.loop import build
 from v2v_jax.train.step import make_eval_step
+
+
+def read_depth_file(path: Path, spec) -> np.ndarray:
+    """A depth map in mm from an MSRA .bin, a 16-bit PNG (NYU: its RGB PNG) or a .npy (H, W) array."""
+    if path.suffix == ".bin":
+        depth = read_depth_bin(path)
+    elif path.suffix == ".png":
+        depth = read_png_nyu(path) if spec.name == "nyu" else read_png_uint16(path)
+    elif path.suffix == ".npy":
+        depth = np.load(path).astype(np.float32)
+    else:
+        raise DataError(f"{path}: unknown depth format (expected .bin, .png or .npy)")
+    if depth.shape != (spec.height, spec.width):
+        raise DataError(f"{path}: depth is {depth.shape}, the {spec.name} camera gives {(spec.height, spec.width)}")
+    return depth
 
 
 def load_run(run_dir: Path, step: int | None = None):
@@ -48,7 +66,10 @@ def load_torch(path: Path, cfg: Config):
     """An eval step and state from a PyTorch-port state_dict, with the model shaped by `cfg`."""
     spec = train_data.spec_for(cfg)
     state_dict = convert.read_torch_checkpoint(path)
-    num_joints = state_dict["output_layer.weight"].shape[0]
+    if "output_layer.weight" not in state_dict:
+        raise ValueError(f"{path}: not a V2V state_dict (no output_layer.weight)")
+    num_joints, width = state_dict["output_layer.weight"].shape[:2]
+    cfg = dataclasses.replace(cfg, width=int(width))
     train_def, eval_def, state, _, geo = build(cfg, spec, num_joints)
     model = nnx.merge(train_def, state.params, state.batch_stats)
     convert.load_torch_state_dict(model, state_dict, source=str(path))
@@ -96,7 +117,7 @@ def main(argv=None):
     else:
         if not args.dataset:
             p.error("--torch-checkpoint needs --dataset")
-        cfg = Config(data=args.dataset, grid=args.grid, width=32, augment=False)
+        cfg = Config(data=args.dataset, grid=args.grid, augment=False)
         cfg, eval_step, state, spec = load_torch(args.torch_checkpoint, cfg)
     if args.result_file:
         summary = write_results(eval_step, state, cfg, args.result_file)
@@ -116,7 +137,8 @@ def main(argv=None):
                   f"{p_uvd[2]:8.2f}")
         if args.png:
             from v2v_jax import vis
-            vis.save_skeleton_on_depth(args.png, depth, uvd[None], spec)
+            vis.plot_depth_skeleton(depth, {"predicted": uvd[:, :2]}, vis.SKELETONS[spec.name], path=args.png,
+                                    title=str(args.depth))
             print(f"saved {args.png}")
 
 

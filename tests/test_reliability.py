@@ -1,0 +1,495 @@
+"""Fault injection below the CLI (docs/reliability.md): checkpoints, the run directory, the train step and the data
+sets, each fault raised on purpose and the recovery checked. `tests/test_resume.py` does the same through
+`python train.py`.
+
+Full-disk and read-only cases mount a small tmpfs, which needs root; elsewhere they are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import logging
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from v2v_jax.data import msra
+from v2v_jax.data.base import DataError
+from v2v_jax.data.loader import batches
+from v2v_jax.data.synth import write_msra_dataset
+from v2v_jax.model import Basic3DBlock
+from v2v_jax.train import run_dir as run_dir_lib
+from v2v_jax.train.checkpoint import Checkpointer, CheckpointError, CorruptCheckpointError
+from v2v_jax.train.data import truncate_log
+from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log
+from v2v_jax.train.step import TrainState, init_state, make_optimizer, make_update, numerics_for
+
+MiB = 2**20
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size_bytes: int, read_only: bool = False):
+    """A tmpfs of `size_bytes` mounted at `path` (root only: the test is skipped otherwise)."""
+    path.mkdir(parents=True, exist_ok=True)
+    options = f"size={size_bytes}" + (",ro" if read_only else "")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs to simulate a full or read-only disk (needs root): "
+                    f"{mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=True)
+
+
+def remount(path: Path, mode: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(path)], check=True)
+
+
+def fill_disk(path: Path) -> Path:
+    """Writes zeros to a file under `path` until the file system is full; returns the file."""
+    filler = path / "filler"
+    with filler.open("wb") as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(bytes(64 * 1024))
+                f.flush()
+    return filler
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------
+
+def tiny_state(value: int) -> TrainState:
+    """A TrainState-shaped tree of small arrays whose values identify `value`."""
+    params = {"w": jnp.full((2000,), value, jnp.float32), "b": jnp.arange(3, dtype=jnp.float32) * value}
+    return TrainState(step=jnp.asarray(value, jnp.int32), params=params,
+                      batch_stats={"mean": jnp.full((3,), -value, jnp.float32)},
+                      opt_state=(jnp.full((2000,), value / 7, jnp.float32),), key=jax.random.key(value),
+                      skipped=jnp.zeros((), jnp.int32))
+
+
+def host(state: TrainState) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(state.replace(key=jax.random.key_data(state.key)))]
+
+
+def assert_state_equal(a: TrainState, b: TrainState) -> None:
+    for x, y in zip(host(a), host(b), strict=True):
+        assert x.dtype == y.dtype and np.array_equal(x, y)
+
+
+def saved(directory: Path, steps) -> Checkpointer:
+    checkpoints = Checkpointer(directory)
+    for s in steps:
+        checkpoints.save(tiny_state(s), {"step": s})
+    checkpoints.wait()
+    return checkpoints
+
+
+def data_files(step_dir: Path) -> list[Path]:
+    """The array chunk files of a checkpoint, largest first."""
+    return sorted((p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)),
+                  key=lambda p: -p.stat().st_size)
+
+
+def flip_bytes(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    for i in np.random.default_rng(0).choice(len(data), 8, replace=False):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def truncate_half(path: Path) -> None:
+    with path.open("r+b") as f:
+        f.truncate(path.stat().st_size // 2)
+
+
+def forge_record(step_dir: Path) -> None:
+    """Rewrites the record's hash, as if the arrays had changed after it was written."""
+    record = step_dir / "record" / "metadata"
+    record.write_text(record.read_text().replace('"sha256": "', '"sha256": "0'))
+
+
+CORRUPTIONS = {
+    "flipped bytes": lambda step_dir: flip_bytes(data_files(step_dir)[0]),
+    "truncated array file": lambda step_dir: truncate_half(data_files(step_dir)[0]),
+    "deleted array file": lambda step_dir: data_files(step_dir)[0].unlink(),
+    "forged hash": forge_record,
+    "broken record": lambda step_dir: (step_dir / "record" / "metadata").write_text("{"),
+}
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_corrupt_newest_checkpoint_is_never_restored(tmp_path, corruption, caplog):
+    """restore_latest skips a corrupt newest checkpoint, says so, and (resuming) moves it aside so that the run can
+    write that step again."""
+    directory = tmp_path / "checkpoints"
+    saved(directory, [1, 2, 3]).close()
+    CORRUPTIONS[corruption](directory / "3")
+
+    checkpoints = Checkpointer(directory)
+    with pytest.raises(CorruptCheckpointError, match=r"checkpoints/3 is (corrupt|unreadable)"):
+        checkpoints.restore(tiny_state(0), 3)
+    with caplog.at_level(logging.WARNING):
+        state, record = checkpoints.restore_latest(tiny_state(0), set_aside_corrupt=True)
+    assert record["step"] == 2
+    assert_state_equal(state, tiny_state(2))
+    assert re.search(r"checkpoints/3 is (corrupt|unreadable).*moved it to \S*checkpoints_corrupt/3; falling back",
+                     caplog.text)
+    assert (tmp_path / "checkpoints_corrupt" / "3").is_dir() and checkpoints.steps() == [1, 2]
+
+    checkpoints.save(tiny_state(3), {"step": 3})  # the resumed run writes step 3 again
+    checkpoints.close()
+    state, record = Checkpointer(directory).restore_latest(tiny_state(0))
+    assert record["step"] == 3
+    assert_state_equal(state, tiny_state(3))
+
+
+def test_every_checkpoint_corrupt_gives_none_and_keeps_the_files(tmp_path):
+    directory = tmp_path / "checkpoints"
+    saved(directory, [1, 2]).close()
+    for step in (1, 2):
+        flip_bytes(data_files(directory / str(step))[0])
+    assert Checkpointer(directory).restore_latest(tiny_state(0), set_aside_corrupt=True) is None
+    assert sorted(p.name for p in (tmp_path / "checkpoints_corrupt").iterdir()) == ["1", "2"]  # kept, not deleted
+
+
+def test_checkpoint_of_another_model_is_an_error_not_a_fallback(tmp_path):
+    """A shape mismatch means the wrong configuration, not corruption: raise, move nothing."""
+    directory = tmp_path / "checkpoints"
+    saved(directory, [1, 2]).close()
+    other = tiny_state(0).replace(params={"w": jnp.zeros((1000,), jnp.float32), "b": jnp.zeros(3, jnp.float32)})
+    with pytest.raises(CheckpointError, match=r"checkpoints/2 does not fit this model: array \d+ is \(\(2000,\)"):
+        Checkpointer(directory).restore_latest(other, set_aside_corrupt=True)
+    assert not (tmp_path / "checkpoints_corrupt").exists()
+
+
+def test_write_interrupted_before_commit_leaves_no_checkpoint(tmp_path):
+    """Orbax writes into `<step>.orbax-checkpoint-tmp` and renames it when complete: the leftovers of a process
+    killed mid-write are not a checkpoint, and the next Checkpointer removes them (the end-to-end SIGKILL test in
+    test_resume.py kills a real run mid-write)."""
+    directory = tmp_path / "checkpoints"
+    saved(directory, [1, 2]).close()
+    shutil.copytree(directory / "2", directory / "3.orbax-checkpoint-tmp")
+    (directory / "3.orbax-checkpoint-tmp" / "commit_success.txt").unlink()
+    checkpoints = Checkpointer(directory)
+    assert checkpoints.steps() == [1, 2]
+    assert checkpoints.restore_latest(tiny_state(0))[1]["step"] == 2
+    checkpoints.save(tiny_state(3), {"step": 3})
+    checkpoints.close()
+    assert sorted(p.name for p in directory.iterdir()) == ["1", "2", "3"]
+
+
+@pytest.mark.parametrize("fault", ["disk full", "read-only"])
+def test_failed_checkpoint_write_is_reported_and_the_last_good_one_stays_intact(tmp_path, fault):
+    mount = tmp_path / "disk"
+    with tmpfs(mount, 4 * MiB):
+        checkpoints = saved(mount / "checkpoints", [1])
+        filler = fill_disk(mount) if fault == "disk full" else remount(mount, "ro")
+        expected = "No space left on device" if fault == "disk full" else "Read-only file system"
+        with pytest.raises(CheckpointError, match=rf"could not write checkpoint \S*checkpoints/2: {expected}; "
+                                                  rf"the last good checkpoint, \S*checkpoints/1, is intact"):
+            checkpoints.save(tiny_state(2), {"step": 2})
+            checkpoints.wait()  # the write is asynchronous: its failure may surface here
+        checkpoints.close()  # already reported: closing does not raise again
+        if fault == "disk full":
+            filler.unlink()
+        else:
+            remount(mount, "rw")
+        reopened = Checkpointer(mount / "checkpoints")
+        assert reopened.steps() == [1]
+        state, record = reopened.restore_latest(tiny_state(0))
+        assert record["step"] == 1
+        assert_state_equal(state, tiny_state(1))
+        reopened.close()
+
+
+# --- the run directory ------------------------------------------------------------------------------------------
+
+HOLD_LOCK = ("import sys, time; from pathlib import Path; from v2v_jax.train.run_dir import acquire; "
+             "lock = acquire(Path(sys.argv[1]), False, 0); print('held', flush=True); time.sleep(600)")
+
+
+def test_second_run_on_the_same_directory_is_refused_until_the_first_dies(tmp_path):
+    run = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunDirError, match=rf"another run \(pid {holder.pid}\) is writing to this directory; "
+                                              "wait for it or choose another --out"):
+            acquire(run, False, 0)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    acquire(run, False, 0).close()  # the kernel released the lock of the killed holder
+
+
+def test_previous_run_is_not_overwritten_without_resume(tmp_path):
+    run = tmp_path / "run"
+    saved(run / "checkpoints", [1]).close()
+    with pytest.raises(RunDirError, match="holds a previous run's checkpoints; continue it with --resume"):
+        acquire(run, False, 0)
+    acquire(run, True, 0).close()
+
+
+def test_too_little_free_space_is_refused_before_training(tmp_path, monkeypatch):
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(run_dir_lib.shutil, "disk_usage", lambda _: usage(100 * MiB, 90 * MiB, 10 * MiB))
+    with pytest.raises(RunDirError, match="only 10 MiB free, the run needs about 64 MiB"):
+        acquire(tmp_path / "run", False, 64 * MiB)
+    acquire(tmp_path / "run", False, 5 * MiB).close()  # the refusal released the lock
+
+
+def test_too_little_free_space_on_a_real_small_disk(tmp_path):
+    with tmpfs(tmp_path / "disk", 8 * MiB) as disk:
+        with pytest.raises(RunDirError, match=r"only [78] MiB free, the run needs about 64 MiB"):
+            acquire(disk / "run", False, 64 * MiB)
+
+
+def test_read_only_output_directory_is_refused_before_training(tmp_path):
+    with tmpfs(tmp_path / "disk", MiB, read_only=True) as disk:
+        with pytest.raises(RunDirError, match=r"disk/run: output directory is not writable \(Read-only file system"):
+            acquire(disk / "run", False, 0)
+        with pytest.raises(RunDirError, match=r"disk: output directory is not writable \(Read-only file system"):
+            acquire(disk, True, 0)
+
+
+def test_full_disk_while_logging_is_a_clear_error(tmp_path):
+    with tmpfs(tmp_path / "disk", MiB) as disk:
+        log = ScalarLog(disk)
+        log.write(1, train_loss=0.5)
+        fill_disk(disk)
+        with pytest.raises(RunDirError, match=r"metrics.jsonl: cannot write the training log \(No space left"):
+            for step in range(2, 10_000):  # until the page cache must go to the full disk
+                log.write(step, train_loss=0.5)
+        assert read_log(disk)[0] == {"step": 1, "train_loss": 0.5}
+
+
+def test_log_line_cut_short_is_dropped_on_resume(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "a": 1.0}\n{"step": 2, "a": 2.0}\n{"step": 3, "a"')
+    assert read_log(tmp_path) == [{"step": 1, "a": 1.0}, {"step": 2, "a": 2.0}]
+    truncate_log(tmp_path, 2)
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"step": 1, "a": 1.0}\n{"step": 2, "a": 2.0}\n'
+    truncate_log(tmp_path, 1)
+    assert read_log(tmp_path) == [{"step": 1, "a": 1.0}]
+
+
+# --- numerical faults in the train step -------------------------------------------------------------------------
+
+class TinyNet(nnx.Module):
+    """One 1x1x1 conv + BatchNorm + ReLU: the step's logic without V2V's compile time."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.block = Basic3DBlock(1, 3, 1, numerics=numerics_for("float32"), rngs=rngs)
+
+    def __call__(self, x):
+        return self.block(x)
+
+
+def run_steps(on_nonfinite: str, inject_nan_at_step: int, steps: int):
+    """[(state before, metrics, state after)] of `steps` updates of TinyNet on a fixed batch."""
+    tx = make_optimizer("rmsprop", 1e-2)
+    train_def, _, state = init_state(TinyNet(nnx.Rngs(0)), tx, 0)
+    update = jax.jit(make_update(train_def, tx, on_nonfinite=on_nonfinite, inject_nan_at_step=inject_nan_at_step))
+    rng = np.random.default_rng(0)
+    voxels = (rng.random((2, 4, 4, 4, 1)) < 0.5).astype(np.float32)
+    coords = rng.uniform(0, 4, (2, 3, 3)).astype(np.float32)
+    history = []
+    for _ in range(steps):
+        new, metrics = update(state, voxels, coords)
+        history.append((state, jax.device_get(metrics), new))
+        state = new
+    return history
+
+
+def test_injected_nan_is_flagged_at_its_step():
+    """Step 3 (counted from 1, as the loop logs and names steps) gets NaN gradients; it alone is flagged, and the
+    loop stops there (end to end: test_resume.py)."""
+    history = run_steps("stop", inject_nan_at_step=3, steps=3)
+    assert [bool(m["finite"]) for _, m, _ in history] == [True, True, False]
+    assert [int(after.step) for _, _, after in history] == [1, 2, 3]
+
+
+def test_injected_nan_step_is_skipped_and_counted():
+    history = run_steps("skip", inject_nan_at_step=3, steps=5)
+    assert [bool(m["finite"]) for _, m, _ in history] == [True, True, False, True, True]
+    before, _, after = history[2]
+    for name in ("params", "batch_stats", "opt_state"):  # the skipped step changed nothing but the counters
+        for x, y in zip(jax.tree.leaves(getattr(before, name)), jax.tree.leaves(getattr(after, name)), strict=True):
+            assert np.array_equal(x, y)
+    assert [int(a.skipped) for _, _, a in history] == [0, 0, 1, 1, 1]
+    assert [int(a.step) for _, _, a in history] == [1, 2, 3, 4, 5]
+    final = history[-1][2]
+    assert all(np.isfinite(x).all() for x in jax.tree.leaves(final.params))
+    assert not np.array_equal(jax.tree.leaves(final.params)[0], jax.tree.leaves(after.params)[0])  # it trains on
+
+
+# --- data faults ------------------------------------------------------------------------------------------------
+
+TRAIN_SUBJECT, TEST_SUBJECT = 0, 1
+FRAME = Path("P0") / "1" / msra.depth_name(0)       # the frame the faults hit (first training frame)
+CENTRES = Path("center") / f"center_train_{TEST_SUBJECT}_refined.txt"
+
+
+@pytest.fixture(scope="module")
+def clean_set(tmp_path_factory):
+    """A synthetic MSRA-layout set: 2 subjects x 17 gestures x 1 frame."""
+    return write_msra_dataset(tmp_path_factory.mktemp("clean") / "synth", frames=34, seed=0, subjects=2)
+
+
+def rewrite_depth(root: Path, change) -> None:
+    path = root / FRAME
+    msra.write_depth_bin(path, change(msra.read_depth_bin(path).copy()))
+
+
+def set_depth(value):
+    def change(depth):
+        rows, cols = np.nonzero(depth)
+        depth[rows[:5], cols[:5]] = value
+        return depth
+    return change
+
+
+def flip_header(root: Path) -> None:
+    data = bytearray((root / FRAME).read_bytes())
+    data[8:12] = (400).to_bytes(4, "little")  # left = 400 > width
+    (root / FRAME).write_bytes(bytes(data))
+
+
+def move_far(depth):
+    """Every point 1 m behind where it was: none is left in the 200 mm cube around the hand's centre."""
+    return np.where(depth > 0, depth + 1000, 0).astype(np.float32)
+
+
+def centre_at_zero_depth(root: Path) -> None:
+    lines = (root / CENTRES).read_text().splitlines()
+    x, y, _ = lines[0].split()
+    lines[0] = f"{x} {y} 0"
+    (root / CENTRES).write_text("\n".join(lines) + "\n")
+
+
+def drop_last_line(path: Path) -> None:
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+
+
+def replace_first_value(path: Path, value: str) -> None:
+    text = path.read_text()
+    path.write_text(text.replace(text.split()[0], value, 1))
+
+
+FRAME_FAULTS = {  # frame-level: --on-bad-frame decides; (inject, message, reason counted under 'skip')
+    "corrupt header": (flip_header, r"000000_depth.bin: header box left=400 .* does not fit", "unreadable depth file"),
+    "truncated depth": (lambda r: truncate_half(r / FRAME), r"000000_depth.bin: truncated .bin",
+                        "unreadable depth file"),
+    "NaN depth": (lambda r: rewrite_depth(r, set_depth(np.nan)), r"000000_depth.bin: depth contains NaN \(5 pixels",
+                  "non-finite depth"),
+    "Inf depth": (lambda r: rewrite_depth(r, set_depth(np.inf)), r"000000_depth.bin: depth contains infinite",
+                  "non-finite depth"),
+    "negative depth": (lambda r: rewrite_depth(r, set_depth(-1.0)), r"000000_depth.bin: depth contains negative",
+                       "negative depth"),
+    "empty cube": (lambda r: rewrite_depth(r, move_far),
+                   r"000000_depth.bin: no depth point of frame P0/1/000000 falls inside the 200 mm cube around its "
+                   r"reference centre .*: the input grid would be empty", "empty cube"),
+    "centre at zero depth": (centre_at_zero_depth, r"center_train_1_refined.txt: reference centre at zero depth "
+                             r"\(\[.*, 0.0\]\) for frame P0/1/000000", "centre at zero depth"),
+}
+
+FILE_FAULTS = {  # file-level: always an error, whatever the policy
+    "label line missing": (lambda r: drop_last_line(r / "P0" / "1" / "joint.txt"),
+                           r"P0/1/joint.txt: first line says 1 frames, found 0 label lines"),
+    "centre line missing": (lambda r: drop_last_line(r / CENTRES),
+                            r"center_train_1_refined.txt: 16 centres but 17 labelled frames"),
+    "label not a number": (lambda r: (r / "P0" / "2" / "joint.txt").write_text("1\n" + "x " * 63 + "\n"),
+                           r"P0/2/joint.txt:2: not a number: 'x'"),
+    "centre NaN": (lambda r: replace_first_value(r / CENTRES, "nan"),
+                   r"center_train_1_refined.txt: centre file contains NaN"),
+    "label file not text": (lambda r: (r / "P0" / "3" / "joint.txt").write_bytes(b"1\n\xff\xfe\x00"),
+                            r"P0/3/joint.txt: not a text file"),
+}
+
+
+def faulty_copy(clean: Path, tmp_path: Path, inject) -> Path:
+    root = tmp_path / "synth"
+    shutil.copytree(clean, root)
+    inject(root)
+    return root
+
+
+def open_train(root: Path, policy: str):
+    return msra.MSRA(root, root / "center", TEST_SUBJECT, "train", on_bad_frame=policy, cube_mm=200.0)
+
+
+def test_clean_set_passes_every_check(clean_set):
+    data = open_train(clean_set, "skip")
+    assert len(data) == 17 and data.num_skipped == 0
+    assert sum(len(b["index"]) for b in batches(open_train(clean_set, "error"), 4, seed=0, epoch=0)) == 16
+
+
+@pytest.mark.parametrize("fault", FRAME_FAULTS)
+def test_bad_frame_raises_naming_file_and_problem(clean_set, tmp_path, fault):
+    """on_bad_frame='error': opening (centres) or reading the frame, as training does, raises DataError."""
+    inject, message, _ = FRAME_FAULTS[fault]
+    root = faulty_copy(clean_set, tmp_path, inject)
+    with pytest.raises(DataError, match=message) as error:
+        for _ in batches(open_train(root, "error"), 17, seed=0, epoch=0):
+            pass
+    assert "--on-bad-frame skip" in str(error.value)
+
+
+@pytest.mark.parametrize("fault", FRAME_FAULTS)
+def test_bad_frame_is_skipped_logged_and_counted(clean_set, tmp_path, fault, caplog):
+    inject, message, reason = FRAME_FAULTS[fault]
+    root = faulty_copy(clean_set, tmp_path, inject)
+    with caplog.at_level(logging.WARNING, logger="v2v_jax.data.base"):
+        data = open_train(root, "skip")
+    assert "P0/1/000000" not in data.frame_ids and len(data) == 16
+    assert data.skipped == {"invalid centre": 0, f"bad frame: {reason}": 1}
+    assert f"16 frames kept, 1 skipped (0 invalid centre, 1 bad frame: {reason})" in data.report()
+    assert "skipping frame P0/1/000000" in caplog.text and re.search(message, caplog.text)
+    assert sum(len(b["index"]) for b in batches(data, 4, seed=0, epoch=0)) == 16  # every kept frame reads
+
+
+@pytest.mark.parametrize("policy", ["error", "skip"])
+@pytest.mark.parametrize("fault", FILE_FAULTS)
+def test_bad_label_or_centre_file_is_always_an_error(clean_set, tmp_path, fault, policy):
+    inject, message = FILE_FAULTS[fault]
+    root = faulty_copy(clean_set, tmp_path, inject)
+    with pytest.raises(DataError, match=message):
+        open_train(root, policy)
+
+
+def test_empty_cube_check_matches_the_voxeliser(clean_set):
+    """points_in_cube counts exactly the points voxelisation keeps (float64 here, so no face rounding)."""
+    from v2v_jax import geometry
+    from v2v_jax.data.base import points_in_cube
+    data = open_train(clean_set, "error")
+    frame = data[0]
+    for shift in ([0, 0, 0], [60, 0, 0], [0, -95, 0], [0, 0, 120], [0, 0, 380]):
+        center = frame.center.astype(np.float64) + shift
+        points = np.asarray(geometry.depth_to_points(jnp.asarray(frame.depth, jnp.float64), data.spec, jnp.float64))
+        grid = np.asarray(geometry.world_to_grid(points, center, 200.0, 32))
+        kept = int(((grid >= 0) & (grid < 32)).all(axis=1).sum())
+        assert points_in_cube(frame.depth, center, data.spec, 200.0) == kept, shift
+
+
+def test_train_config_passes_the_policy_to_the_data_sets(clean_set, tmp_path):
+    from v2v_jax.config import Config
+    from v2v_jax.train.data import open_datasets
+    root = faulty_copy(clean_set, tmp_path, lambda r: rewrite_depth(r, move_far))
+    cfg = Config(root=str(root), synth_frames=34, synth_subjects=2, test_subject=TEST_SUBJECT, on_bad_frame="skip")
+    train, test, _ = open_datasets(cfg)
+    assert (len(train), train.skipped["bad frame: empty cube"], len(test)) == (16, 1, 17)
+    assert train.cube_mm == 200.0
+    with pytest.raises(DataError, match="would be empty"):
+        open_datasets(dataclasses.replace(cfg, on_bad_frame="error"))[0][0]  # frame 0 is the bad one
+
