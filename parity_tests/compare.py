@@ -279,11 +279,20 @@ def layer_errors(a: dict[str, np.ndarray], b: dict[str, np.ndarray], keys: Seque
             for layer, ks in layers.items()}
 
 
-def stat_errors(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, float]:
-    """Relative error of each BN running statistic; inf where the batch counters differ."""
+def stat_errors(a: dict[str, np.ndarray], b: dict[str, np.ndarray], eps: float = 1e-5) -> dict[str, float]:
+    """Error of each BN running statistic: the variance relative, the mean in units of the channel's running
+    std sqrt(var + eps) (the scale on which BN uses it); inf where the batch counters differ.
+
+    The mean is not taken relative to itself because it includes the preceding conv's bias, whose exact
+    gradient is 0 in train mode: RMSprop moves it by lr/eps = 2.5e4 times its rounding-noise gradient.
+    """
     out = {}
     for k in b:
-        if k.endswith(("running_mean", "running_var")):
+        if k.endswith("running_mean"):
+            std = np.sqrt(b[k.replace("running_mean", "running_var")] + eps)
+            err = np.abs(a[k] - b[k]) / std
+            out[k] = float(err.max()) if np.all(np.isfinite(err)) else math.inf
+        elif k.endswith("running_var"):
             out[k] = rel_error(a[k], b[k])
         elif k.endswith("num_batches_tracked"):
             out[k] = 0.0 if np.array_equal(a[k], b[k]) else math.inf

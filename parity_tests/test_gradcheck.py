@@ -1,12 +1,14 @@
 """Each framework's gradients against finite differences, on every block, float64, train-mode BN, tiny sizes.
 
-PyTorch's defaults init weights at O(1/sqrt(fan_in)) so that pre-activations are O(1): with the authors' 1e-3
-weights, a step of 1e-6 would cross ReLU kinks. Central differences with eps = 1e-6 in float64 have a
+The points are kept away from kinks: PyTorch's default init (weights O(1/sqrt(fan_in))) so that pre-activations
+are O(1) (with the authors' 1e-3 weights a step of 1e-6 crosses ReLU kinks), and standard normal inputs (no
+exact zeros that tie in a max-pool window). Central differences with eps = 1e-6 in float64 have a
 truncation error ~eps^2 = 1e-12 and a rounding error ~u/eps = 1e-10, far below the tolerances used (1e-5, 1e-3).
 """
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 import torch
 from flax import nnx
@@ -22,6 +24,7 @@ EPS = 1e-6
 def framework_init_pair(name):
     torch_block, jax_block, x = block_pair(name, "float64")
     tmodel.initialize(torch_block, "framework")
+    x = np.random.default_rng(2).standard_normal(x.shape)
     return torch_block.train(), with_torch_weights(jax_block, torch_block), x
 
 
@@ -44,9 +47,11 @@ def test_jax_check_grads(name):
     block.train()
     graphdef, params, rest = nnx.split(block, nnx.Param, ...)
 
+    @jax.jit
     def f(params, x):
         # Fresh copies of the BN statistics, so that the train-mode update writes arrays of the current trace.
         return nnx.merge(graphdef, params, jax.tree.map(jnp.array, rest))(x)
 
-    # Forward- and reverse-mode derivatives along random directions against central differences.
-    check_grads(f, (params, jnp.asarray(to_jax_layout(x))), order=1, modes=("fwd", "rev"), eps=EPS)
+    # Reverse-mode derivatives (what training uses; some conv formulations define only a custom VJP) projected
+    # on random directions, against central differences.
+    check_grads(f, (params, jnp.asarray(to_jax_layout(x))), order=1, modes=("rev",), eps=EPS)

@@ -71,11 +71,14 @@ def fill_disk(path: Path) -> Path:
 # --- checkpoints ------------------------------------------------------------------------------------------------
 
 def tiny_state(value: int) -> TrainState:
-    """A TrainState-shaped tree of small arrays whose values identify `value`."""
-    params = {"w": jnp.full((2000,), value, jnp.float32), "b": jnp.arange(3, dtype=jnp.float32) * value}
+    """A TrainState-shaped tree of small arrays drawn from seed `value` (random, so that they do not compress to
+    nothing and their bytes dominate the checkpoint's files)."""
+    rng = np.random.default_rng(value)
+    params = {"w": jnp.asarray(rng.standard_normal(4000), jnp.float32), "b": jnp.asarray(rng.standard_normal(3),
+                                                                                         jnp.float32)}
     return TrainState(step=jnp.asarray(value, jnp.int32), params=params,
-                      batch_stats={"mean": jnp.full((3,), -value, jnp.float32)},
-                      opt_state=(jnp.full((2000,), value / 7, jnp.float32),), key=jax.random.key(value),
+                      batch_stats={"mean": jnp.asarray(rng.standard_normal(3), jnp.float32)},
+                      opt_state=(jnp.asarray(rng.standard_normal(4000), jnp.float32),), key=jax.random.key(value),
                       skipped=jnp.zeros((), jnp.int32))
 
 
@@ -169,7 +172,7 @@ def test_checkpoint_of_another_model_is_an_error_not_a_fallback(tmp_path):
     directory = tmp_path / "checkpoints"
     saved(directory, [1, 2]).close()
     other = tiny_state(0).replace(params={"w": jnp.zeros((1000,), jnp.float32), "b": jnp.zeros(3, jnp.float32)})
-    with pytest.raises(CheckpointError, match=r"checkpoints/2 does not fit this model: array \d+ is \(\(2000,\)"):
+    with pytest.raises(CheckpointError, match=r"checkpoints/2 does not fit this model: array \d+ is \(\(4000,\)"):
         Checkpointer(directory).restore_latest(other, set_aside_corrupt=True)
     assert not (tmp_path / "checkpoints_corrupt").exists()
 

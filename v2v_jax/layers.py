@@ -6,6 +6,7 @@ Parameter names follow Flax (kernel, bias, scale, mean, var); `v2v_jax.convert` 
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -17,7 +18,9 @@ DIMENSION_NUMBERS = ("NDHWC", "DHWIO", "NDHWC")
 INIT_SCHEMES = ("original", "framework")
 BATCHNORM_FLAVOURS = ("torch", "flax")
 UPSAMPLE_IMPLS = ("einsum", "conv_transpose")
-CONV_IMPLS = ("xla", "shifted_matmul")
+# Formulations of the stride-1 3D convolution (`conv3d`); 'auto' picks per backend from AUTO_CONV.
+CONV_IMPLS = ("xla", "shifted_matmul", "im2col", "depth_folded")
+AUTO_CONV = {"cpu": "depth_folded"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,14 +36,14 @@ class Numerics:
     param_dtype: Any = jnp.float32
     batchnorm: str = "torch"
     upsample: str = "einsum"
-    conv: str = "xla"
+    conv: str = "auto"
     precision: Any = None
     init: str = "original"
 
     def __post_init__(self):
         for name, value, allowed in (("batchnorm", self.batchnorm, BATCHNORM_FLAVOURS),
                                      ("upsample", self.upsample, UPSAMPLE_IMPLS),
-                                     ("conv", self.conv, CONV_IMPLS),
+                                     ("conv", self.conv, ("auto",) + CONV_IMPLS),
                                      ("init", self.init, INIT_SCHEMES)):
             if value not in allowed:
                 raise ValueError(f"Numerics.{name}={value!r}; choose one of {allowed}")
@@ -57,19 +60,33 @@ def kernel_init(numerics: Numerics) -> Callable:
     return nnx.initializers.lecun_normal()
 
 
+def resolve_conv(impl: str) -> str:
+    """'auto' is the formulation measured fastest on the default backend (docs/benchmarks.md), else `impl`."""
+    if impl != "auto":
+        return impl
+    return AUTO_CONV.get(jax.default_backend(), "xla")
+
+
 def conv3d(x: jax.Array, kernel: jax.Array, padding: int, impl: str = "xla", precision=None) -> jax.Array:
     """Stride-1 3D convolution (cross-correlation, like torch) with symmetric zero padding."""
+    impl = resolve_conv(impl)
     if impl == "xla":
         return lax.conv_general_dilated(x, kernel, window_strides=(1, 1, 1), padding=[(padding, padding)] * 3,
                                         dimension_numbers=DIMENSION_NUMBERS, precision=precision)
-    return _conv3d_shifted_matmul(x, kernel, padding, precision)
+    if kernel.shape[:3] == (1, 1, 1) and padding == 0:
+        return jnp.einsum("ndhwi,io->ndhwo", x, kernel[0, 0, 0], precision=precision)
+    if impl == "shifted_matmul":
+        return _conv3d_shifted_matmul(x, kernel, padding, precision)
+    if impl == "im2col":
+        return _conv3d_im2col(x, kernel, padding, precision)
+    return _conv3d_depth_folded(x, kernel, padding, precision)
 
 
 def _conv3d_shifted_matmul(x, kernel, padding, precision):
     """The same convolution as a sum over k^3 shifted (B*D*H*W, I) @ (I, O) products."""
     k = kernel.shape[0]
-    d, h, w = x.shape[1:4]
-    xp = jnp.pad(x, [(0, 0)] + [(padding, padding)] * 3 + [(0, 0)])
+    d, h, w = _output_size(x, k, padding)
+    xp = _pad_spatial(x, padding)
     out = None
     for a in range(k):
         for b in range(k):
@@ -78,6 +95,74 @@ def _conv3d_shifted_matmul(x, kernel, padding, precision):
                                   precision=precision)
                 out = term if out is None else out + term
     return out
+
+
+def _conv3d_im2col(x, kernel, padding, precision):
+    """One (B*D*H*W, k^3 I) @ (k^3 I, O) product over the k^3 shifted copies of x side by side."""
+    k = kernel.shape[0]
+    d, h, w = _output_size(x, k, padding)
+    xp = _pad_spatial(x, padding)
+    cols = jnp.concatenate([xp[:, a:a + d, b:b + h, c:c + w] for a in range(k) for b in range(k) for c in range(k)],
+                           axis=-1)
+    return jnp.einsum("ndhwt,to->ndhwo", cols, kernel.reshape(-1, kernel.shape[-1]), precision=precision)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv3d_depth_folded(x, kernel, padding, precision):
+    """2D convolutions over (H, W) of every padded depth slice, the k depth taps as k*O output features:
+    y[d] = sum_a z[d + a, a], where z[d'] = conv2d(x[d'], kernel[a]) stacked over a.
+
+    XLA's CPU backend runs 2D convolutions on a packed GEMM kernel far faster than 3D ones. The gradients are
+    written out (see `_depth_folded_bwd`) because autodiff would lower the kernel gradient to a slow 2D convolution.
+    """
+    k = kernel.shape[0]
+    n, _, h, w, cin = x.shape
+    xp = jnp.pad(x, [(0, 0), (padding, padding), (0, 0), (0, 0), (0, 0)])
+    depth_out = xp.shape[1] - k + 1
+    folded = kernel.transpose(1, 2, 3, 0, 4).reshape(k, k, cin, k * kernel.shape[-1])
+    z = lax.conv_general_dilated(xp.reshape(-1, h, w, cin), folded, window_strides=(1, 1),
+                                 padding=[(padding, padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                 precision=precision)
+    z = z.reshape(n, xp.shape[1], *z.shape[1:3], k, kernel.shape[-1])
+    return sum(z[:, a:a + depth_out, :, :, a] for a in range(k))
+
+
+def _depth_folded_fwd(x, kernel, padding, precision):
+    return _conv3d_depth_folded(x, kernel, padding, precision), (x, kernel)
+
+
+def _depth_folded_bwd(padding, precision, residuals, g):
+    """Input gradient: the same convolution of g with the flipped, transposed kernel and padding k - 1 - p.
+    Kernel gradient: one GEMM, rows the k^2 in-plane shifts of x, columns the k depth shifts of g, both channels
+    first so that every shifted copy is a run of contiguous rows (see `_depth_folded_kernel_grad`)."""
+    x, kernel = residuals
+    k = kernel.shape[0]
+    flipped = jnp.flip(kernel, (0, 1, 2)).swapaxes(3, 4)
+    dx = _conv3d_depth_folded(g, flipped, k - 1 - padding, precision)
+    return dx, _depth_folded_kernel_grad(x, g, k, padding, precision)
+
+
+def _depth_folded_kernel_grad(x, g, k, padding, precision):
+    """dK[a, b, c, i, o] = sum over n, d', h, w of xp[n, d', h + b, w + c, i] * g[n, d' - a, h, w, o]."""
+    cin, cout = x.shape[-1], g.shape[-1]
+    h, w = g.shape[2:4]
+    xt = _pad_spatial(x, padding).transpose(4, 0, 1, 2, 3)  # (I, N, D', H', W')
+    rows = jnp.stack([xt[:, :, :, b:b + h, c:c + w] for b in range(k) for c in range(k)])  # (k^2, I, N, D', H, W)
+    gt = g.transpose(4, 0, 1, 2, 3)  # (O, N, D, H, W)
+    cols = jnp.stack([jnp.pad(gt, [(0, 0), (0, 0), (a, k - 1 - a), (0, 0), (0, 0)]) for a in range(k)])
+    dk = jnp.einsum("tr,sr->ts", rows.reshape(k * k * cin, -1), cols.reshape(k * cout, -1), precision=precision)
+    return dk.reshape(k, k, cin, k, cout).transpose(3, 0, 1, 2, 4)
+
+
+_conv3d_depth_folded.defvjp(_depth_folded_fwd, _depth_folded_bwd)
+
+
+def _pad_spatial(x, padding):
+    return jnp.pad(x, [(0, 0)] + [(padding, padding)] * 3 + [(0, 0)])
+
+
+def _output_size(x, k, padding):
+    return tuple(s + 2 * padding - k + 1 for s in x.shape[1:4])
 
 
 def upsample2x(x: jax.Array, kernel: jax.Array, impl: str = "einsum", precision=None) -> jax.Array:
