@@ -289,12 +289,25 @@ def _timed(fn) -> float:
 
 def base_parser(doc: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cores", type=int, help="CPU: pin the process to this many cores before JAX starts (XLA's "
+                   "pool and torch then use that many threads; 1 gives per-core figures robust to other load)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median over rounds)")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per entry per round")
     p.add_argument("--conv", default="auto", help="JAX convolution formulation (v2v_jax.layers.CONV_IMPLS or auto)")
     p.add_argument("--channels-last", action="store_true", help="torch in channels_last_3d memory format")
     p.add_argument("--out", type=Path, help="directory for NAME.json and NAME.md")
     return p
+
+
+def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
+    """Parses the command line and applies --cores before JAX creates its CPU client."""
+    args = parser.parse_args(argv)
+    if args.cores is not None:
+        allowed = sorted(os.sched_getaffinity(0))
+        if not 1 <= args.cores <= len(allowed):
+            raise SystemExit(f"--cores {args.cores}: this process may use {len(allowed)} cores")
+        os.sched_setaffinity(0, allowed[:args.cores])
+    return args
 
 
 def check_dtypes(dtypes: list[str]) -> list[str]:

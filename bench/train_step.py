@@ -22,7 +22,7 @@ import torch
 from flax import nnx
 
 from common import (JOINTS, base_parser, check_dtypes, describe, header, interleaved, inputs, jax_peak_bytes, jax_step_bytes,
-                    jax_train_step, markdown_table, model_pair, peak_tflops, ratio, setup_torch, sync,
+                    jax_train_step, markdown_table, model_pair, parse, peak_tflops, ratio, setup_torch, sync,
                     target_heatmaps, to_torch, torch_peak_memory, torch_train_step, train_step_flops, write_result)
 from v2v_jax import geometry
 
@@ -160,7 +160,7 @@ def main(argv=None):
     p.add_argument("--peak-tflops", type=float, help="device peak (default H100 SXM dense by dtype; CPU: measured)")
     p.add_argument("--profile", type=Path,
                    help="directory for a jax.profiler trace and the per-block table (float32, the last grid)")
-    args = p.parse_args(argv)
+    args = parse(p, argv)
     device = setup_torch()
     batches = args.batches or [8 if device.type == "cuda" else (4 if g <= 32 else 1) for g in args.grids]
     if len(batches) != len(args.grids):

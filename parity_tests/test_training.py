@@ -40,5 +40,8 @@ def test_optax_default_rmsprop_is_caught():
     make_torch = lambda params: torch.optim.RMSprop(params, lr=2.5e-4, alpha=0.99, eps=1e-8)  # noqa: E731
     right = train_both(torch_block, jax_block, xs, targets)
     wrong = train_both(torch_block, jax_block, xs, targets, optimizers=(make_torch, optax.rmsprop(2.5e-4)))
-    assert right.max_error() <= 1e-9
+    # This block's conv biases before BN have exact gradient 0 and get rounding noise g ~ 1e-16 instead, which
+    # RMSprop turns into steps lr*g/(sqrt(v)+eps) ~ (lr/eps)*g = 2.5e4*g: the frameworks' biases part at ~1e-12
+    # per step against weights of ~1e-2, hence 1e-6 here (measured 3e-8) rather than the model test's 1e-9.
+    assert right.max_error() <= 1e-6
     assert wrong.max_error() > 1e-3

@@ -60,11 +60,10 @@ def remount(path: Path, mode: str) -> None:
 def fill_disk(path: Path) -> Path:
     """Writes zeros to a file under `path` until the file system is full; returns the file."""
     filler = path / "filler"
-    with filler.open("wb") as f:
-        with contextlib.suppress(OSError):
-            while True:
-                f.write(bytes(64 * 1024))
-                f.flush()
+    with contextlib.suppress(OSError), filler.open("wb") as f:
+        while True:
+            f.write(bytes(64 * 1024))
+            f.flush()
     return filler
 
 
@@ -268,7 +267,7 @@ def test_read_only_output_directory_is_refused_before_training(tmp_path):
 
 
 def test_full_disk_while_logging_is_a_clear_error(tmp_path):
-    with tmpfs(tmp_path / "disk", MiB) as disk:
+    with tmpfs(tmp_path / "disk", 4 * MiB) as disk:
         log = ScalarLog(disk)
         log.write(1, train_loss=0.5)
         fill_disk(disk)

@@ -35,7 +35,7 @@ class Config:
     dtype: str = "float32"           # float32 | float64 | bfloat16
     batchnorm: str = "torch"         # torch | flax
     init: str = "original"           # original | framework
-    conv: str = "xla"
+    conv: str = "auto"               # convolution formulation (v2v_jax.layers.CONV_IMPLS; auto: per backend)
     # Optimisation.
     optimizer: str = "rmsprop"       # rmsprop (the authors') | adam | sgd
     lr: float = 2.5e-4

@@ -146,9 +146,10 @@ def _depth_folded_kernel_grad(x, g, k, padding, precision):
     """dK[a, b, c, i, o] = sum over n, d', h, w of xp[n, d', h + b, w + c, i] * g[n, d' - a, h, w, o]."""
     cin, cout = x.shape[-1], g.shape[-1]
     h, w = g.shape[2:4]
-    xt = _pad_spatial(x, padding).transpose(4, 0, 1, 2, 3)  # (I, N, D', H', W')
+    # The barriers make XLA transpose once instead of fusing a transpose into each of the shifted copies.
+    xt = lax.optimization_barrier(_pad_spatial(x, padding).transpose(4, 0, 1, 2, 3))  # (I, N, D', H', W')
     rows = jnp.stack([xt[:, :, :, b:b + h, c:c + w] for b in range(k) for c in range(k)])  # (k^2, I, N, D', H, W)
-    gt = g.transpose(4, 0, 1, 2, 3)  # (O, N, D, H, W)
+    gt = lax.optimization_barrier(g.transpose(4, 0, 1, 2, 3))  # (O, N, D, H, W)
     cols = jnp.stack([jnp.pad(gt, [(0, 0), (0, 0), (a, k - 1 - a), (0, 0), (0, 0)]) for a in range(k)])
     dk = jnp.einsum("tr,sr->ts", rows.reshape(k * k * cin, -1), cols.reshape(k * cout, -1), precision=precision)
     return dk.reshape(k, k, cin, k, cout).transpose(3, 0, 1, 2, 4)
