@@ -27,7 +27,8 @@ from common import (JOINTS, base_parser, check_dtypes, describe, header, interle
 from v2v_jax import geometry
 
 # Blocks timed separately by --profile: (path, what it is, input channels, input grid as a fraction of N, how many
-# blocks of that shape V2V has). Res 32 @ N/2: front_layers.3, .4, skip_res1, back_layers.0.
+# blocks of that shape V2V has). Res 32 @ N/2: front_layers.3, .4, skip_res1, back_layers.0. The first block gets
+# no input gradient, as in training.
 PROFILE_BLOCKS = (
     ("front_layers.0", "Basic k7 1->16", 1, 1, 1),
     ("front_layers.1", "Pool", 16, 1, 1),
@@ -75,8 +76,9 @@ def submodule(model, path: str):
     return model
 
 
-def block_calls(jblock, tblock, x: np.ndarray, device):
-    """Forward + backward (input and parameter gradients) of one block in train mode, in both frameworks."""
+def block_calls(jblock, tblock, x: np.ndarray, device, input_grad: bool = True):
+    """Forward + backward (parameter gradients, and the input's unless the input is the data) of one block in
+    train mode, in both frameworks."""
     jblock.train()
     graphdef, params, rest = nnx.split(jblock, nnx.Param, ...)
 
@@ -87,8 +89,8 @@ def block_calls(jblock, tblock, x: np.ndarray, device):
     xj = jnp.asarray(x)
     cot = jnp.asarray(np.random.default_rng(1).standard_normal(jax.eval_shape(
         lambda p, v: nnx.merge(graphdef, p, rest, copy=True)(v), params, xj).shape), jnp.float32)
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1)))
-    xt = to_torch(x, device).requires_grad_(True)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1) if input_grad else 0))
+    xt = to_torch(x, device).requires_grad_(input_grad)
     ct = to_torch(np.asarray(cot), device)
     tblock.train()
 
@@ -138,7 +140,8 @@ def profile(grid, batch, args, device, step_row) -> str:
             calls = loss_calls(grid, batch, device)
         else:
             x = rng.random((batch, n, n, n, cin), np.float32)
-            calls = block_calls(submodule(jmodel, path), tmodel.get_submodule(path), x, device)
+            calls = block_calls(submodule(jmodel, path), tmodel.get_submodule(path), x, device,
+                                input_grad=path != "front_layers.0")
         t = interleaved(dict(zip(("jax", "torch"), calls)), args.rounds, args.repeats)
         for k in total:
             total[k] += count * t[k]["wall_s"]

@@ -109,8 +109,7 @@ def _conv3d_im2col(x, kernel, padding, precision):
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _conv3d_depth_folded(x, kernel, padding, precision):
-    """2D convolutions over (H, W) of every padded depth slice, the k depth taps as k*O output features:
-    y[d] = sum_a z[d + a, a], where z[d'] = conv2d(x[d'], kernel[a]) stacked over a.
+    """2D convolutions over (H, W) of k depth-shifted copies of x side by side as k*I input features.
 
     XLA's CPU backend runs 2D convolutions on a packed GEMM kernel far faster than 3D ones. The gradients are
     written out (see `_depth_folded_bwd`) because autodiff would lower the kernel gradient to a slow 2D convolution.
@@ -119,12 +118,12 @@ def _conv3d_depth_folded(x, kernel, padding, precision):
     n, _, h, w, cin = x.shape
     xp = jnp.pad(x, [(0, 0), (padding, padding), (0, 0), (0, 0), (0, 0)])
     depth_out = xp.shape[1] - k + 1
-    folded = kernel.transpose(1, 2, 3, 0, 4).reshape(k, k, cin, k * kernel.shape[-1])
-    z = lax.conv_general_dilated(xp.reshape(-1, h, w, cin), folded, window_strides=(1, 1),
+    stacked = jnp.concatenate([xp[:, a:a + depth_out] for a in range(k)], axis=-1)  # features (a, i)
+    folded = kernel.transpose(1, 2, 0, 3, 4).reshape(k, k, k * cin, kernel.shape[-1])
+    y = lax.conv_general_dilated(stacked.reshape(-1, h, w, k * cin), folded, window_strides=(1, 1),
                                  padding=[(padding, padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
                                  precision=precision)
-    z = z.reshape(n, xp.shape[1], *z.shape[1:3], k, kernel.shape[-1])
-    return sum(z[:, a:a + depth_out, :, :, a] for a in range(k))
+    return y.reshape(n, depth_out, *y.shape[1:])
 
 
 def _depth_folded_fwd(x, kernel, padding, precision):
@@ -133,8 +132,7 @@ def _depth_folded_fwd(x, kernel, padding, precision):
 
 def _depth_folded_bwd(padding, precision, residuals, g):
     """Input gradient: the same convolution of g with the flipped, transposed kernel and padding k - 1 - p.
-    Kernel gradient: one GEMM, rows the k^2 in-plane shifts of x, columns the k depth shifts of g, both channels
-    first so that every shifted copy is a run of contiguous rows (see `_depth_folded_kernel_grad`)."""
+    Kernel gradient: one GEMM over every (padded) position (see `_depth_folded_kernel_grad`)."""
     x, kernel = residuals
     k = kernel.shape[0]
     flipped = jnp.flip(kernel, (0, 1, 2)).swapaxes(3, 4)
@@ -143,15 +141,17 @@ def _depth_folded_bwd(padding, precision, residuals, g):
 
 
 def _depth_folded_kernel_grad(x, g, k, padding, precision):
-    """dK[a, b, c, i, o] = sum over n, d', h, w of xp[n, d', h + b, w + c, i] * g[n, d' - a, h, w, o]."""
+    """dK[a, b, c, i, o] = sum over n, d', h, w of xp[n, d', h + b, w + c, i] * g[n, d' - a, h, w, o]: one GEMM of
+    the k^2 in-plane shifts of x (k^2 I features) against the k depth shifts of g (k O features)."""
     cin, cout = x.shape[-1], g.shape[-1]
     h, w = g.shape[2:4]
-    # The barriers make XLA transpose once instead of fusing a transpose into each of the shifted copies.
-    xt = lax.optimization_barrier(_pad_spatial(x, padding).transpose(4, 0, 1, 2, 3))  # (I, N, D', H', W')
-    rows = jnp.stack([xt[:, :, :, b:b + h, c:c + w] for b in range(k) for c in range(k)])  # (k^2, I, N, D', H, W)
-    gt = lax.optimization_barrier(g.transpose(4, 0, 1, 2, 3))  # (O, N, D, H, W)
-    cols = jnp.stack([jnp.pad(gt, [(0, 0), (0, 0), (a, k - 1 - a), (0, 0), (0, 0)]) for a in range(k)])
-    dk = jnp.einsum("tr,sr->ts", rows.reshape(k * k * cin, -1), cols.reshape(k * cout, -1), precision=precision)
+    xp = _pad_spatial(x, padding)
+    shifts = [xp[:, :, b:b + h, c:c + w] for b in range(k) for c in range(k)]
+    cols = jnp.concatenate([jnp.pad(g, [(0, 0), (a, k - 1 - a), (0, 0), (0, 0), (0, 0)]) for a in range(k)], axis=-1)
+    if cin == 1:  # XLA concatenates along the minor axis one element at a time: stack single channels in front
+        dk = jnp.einsum("tndhw,ndhws->ts", jnp.stack([s[..., 0] for s in shifts]), cols, precision=precision)
+    else:
+        dk = jnp.einsum("ndhwt,ndhws->ts", jnp.concatenate(shifts, axis=-1), cols, precision=precision)
     return dk.reshape(k, k, cin, k, cout).transpose(3, 0, 1, 2, 4)
 
 

@@ -26,7 +26,9 @@ from v2v_torch_ref import model as torch_model_lib
 from v2v_torch_ref import train as torch_train
 
 CUBE_MM = 200.0  # MSRA's cube: the synthetic hands use MSRA's camera and joints
-NUM_JOINTS = 21
+# Joint sets (MSRA order). The output heatmaps are a 1x1 convolution of `width` feature maps, so a net narrower
+# than the number of joints cannot fit them (best rank-8 fit of 21 heatmaps at 12^3: 7 % of the zero-output loss).
+JOINT_SETS = {"all": tuple(range(21)), "tips": (0, 4, 8, 12, 16, 20)}  # tips: the wrist and the five fingertips
 INITS = ("original", "framework-torch", "framework-flax")
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -83,33 +85,38 @@ class Problem:
     def grid(self) -> int:
         return self.voxels.shape[1]
 
+    @property
+    def num_joints(self) -> int:
+        return self.coords.shape[1]
 
-def make_problem(num_samples: int, grid: int, seed: int = 0) -> Problem:
-    """The first `num_samples` synthetic frames of one hand (one per gesture), voxelised without augmentation."""
+
+def make_problem(num_samples: int, grid: int, joints: str = "all", seed: int = 0) -> Problem:
+    """The first `num_samples` synthetic frames of one hand (one per gesture), voxelised without augmentation;
+    `joints` names one of JOINT_SETS."""
     if grid % 4:
         raise ValueError(f"grid {grid}: must be a multiple of 4 (two 2x poolings)")
     frames = synth.generate(max(num_samples, len(synth.cameras.MSRA_GESTURES)), seed=seed, subjects=1)
     voxels, coords = geometry.encode_batch(
         jnp.asarray(frames.depth[:num_samples]), jnp.asarray(frames.centers[:num_samples], jnp.float32),
         jnp.asarray(frames.joints[:num_samples], jnp.float32), None, synth.SPEC, grid, CUBE_MM)
-    coords = np.asarray(coords, np.float64)
+    coords = np.asarray(coords, np.float64)[:, list(JOINT_SETS[joints])]
     heatmaps = jax.vmap(lambda c: geometry.gaussian_heatmaps(c, grid // 2, dtype=jnp.float64))(coords)
     return Problem(np.asarray(voxels, np.float32), coords, np.asarray(heatmaps, np.float64))
 
 
-def initial_state_dict(init: str, width: int, seed: int = 0) -> dict[str, torch.Tensor]:
-    """float32 weights every variant starts from, in PyTorch's layout.
+def initial_state_dict(init: str, width: int, num_joints: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """float32 weights every variant starts from, in PyTorch's layout (drawn by PyTorch, except Flax's init).
 
-    'original': the authors' N(0, 1e-3^2) weights and U(0, 1) BN scales (drawn by JAX); 'framework-torch':
+    'original': the authors' N(0, 1e-3^2) weights and U(0, 1) BN scales; 'framework-torch':
     PyTorch's defaults (kaiming-uniform weights and biases, BN scale 1); 'framework-flax': Flax's (truncated
     LeCun-normal weights, zero biases, BN scale 1).
     """
-    if init == "framework-torch":
-        torch.manual_seed(seed)
-        return torch_model_lib.V2VModel(1, NUM_JOINTS, width, init="framework").state_dict()
-    numerics = Numerics(init="framework" if init == "framework-flax" else "original")
-    model = V2VModel(1, NUM_JOINTS, width, numerics=numerics, rngs=nnx.Rngs(seed))
-    return convert.torch_state_dict(model)
+    if init == "framework-flax":
+        model = V2VModel(1, num_joints, width, numerics=Numerics(init="framework"), rngs=nnx.Rngs(seed))
+        return convert.torch_state_dict(model)
+    torch.manual_seed(seed)
+    scheme = "framework" if init == "framework-torch" else "original"
+    return torch_model_lib.V2VModel(1, num_joints, width, init=scheme).state_dict()
 
 
 @dataclasses.dataclass
@@ -158,13 +165,23 @@ class FinalReLU(nnx.Module):
 
 def jax_numerics(variant: Variant, conv: str) -> Numerics:
     numerics = jax_step.numerics_for(variant.dtype, variant.batchnorm, conv=conv)
-    precision = None if variant.precision is None else jax.lax.Precision(variant.precision.upper())
+    precision = None if variant.precision is None else jax.lax.Precision[variant.precision.upper()]
     return dataclasses.replace(numerics, precision=precision)
 
 
-def jax_model(variant: Variant, state_dict, width: int, conv: str) -> V2VModel:
+def shape_of(state_dict) -> tuple[int, int]:
+    """(width, joints) of V2V weights."""
+    joints, width = state_dict["output_layer.weight"].shape[:2]
+    return width, joints
+
+
+def jax_model(variant: Variant, state_dict, conv: str) -> V2VModel:
     """The JAX V2V of the variant's numerics holding the given weights and statistics."""
-    model = V2VModel(1, NUM_JOINTS, width, numerics=jax_numerics(variant, conv), rngs=nnx.Rngs(0))
+    numerics = jax_numerics(variant, conv)
+    width, joints = shape_of(state_dict)
+    abstract = nnx.eval_shape(lambda: V2VModel(1, joints, width, numerics=numerics, rngs=nnx.Rngs(0)))
+    graphdef, shapes = nnx.split(abstract)  # no initialisers run: eager, they compile for tens of seconds on CPU
+    model = nnx.merge(graphdef, jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes))
     return convert.load_torch_state_dict(model, state_dict, source=variant.name)
 
 
@@ -175,10 +192,10 @@ def jax_device(device: str):
         raise RuntimeError(f"JAX sees no {device} device ({e})") from e
 
 
-def train_jax(variant: Variant, problem: Problem, init: dict, *, steps: int, lr: float, width: int, conv: str,
+def train_jax(variant: Variant, problem: Problem, init: dict, *, steps: int, lr: float, conv: str,
               device: str = "cpu") -> Result:
     with jax.default_device(jax_device(device)):
-        model = jax_model(variant, init, width, conv)
+        model = jax_model(variant, init, conv)
         net = FinalReLU(model) if variant.final_relu else model
         tx = jax_step.make_optimizer(variant.optimizer, lr)
         train_def, _, state = jax_step.init_state(net, tx, seed=0)
@@ -224,8 +241,9 @@ def memory_format(variant: Variant) -> torch.memory_format:
     return torch.channels_last_3d if variant.channels_last else torch.contiguous_format
 
 
-def torch_model(variant: Variant, state_dict, width: int, device: str) -> torch.nn.Module:
-    model = torch_model_lib.V2VModel(1, NUM_JOINTS, width)
+def torch_model(variant: Variant, state_dict, device: str) -> torch.nn.Module:
+    width, joints = shape_of(state_dict)
+    model = torch_model_lib.V2VModel(1, joints, width)
     model.load_state_dict(state_dict)
     return model.to(device=device, dtype=TORCH_DTYPES[variant.dtype], memory_format=memory_format(variant))
 
@@ -236,10 +254,10 @@ def to_torch(array: np.ndarray, variant: Variant, device: str) -> torch.Tensor:
     return tensor.to(device=device, dtype=TORCH_DTYPES[variant.dtype]).contiguous(memory_format=memory_format(variant))
 
 
-def train_torch(variant: Variant, problem: Problem, init: dict, *, steps: int, lr: float, width: int,
+def train_torch(variant: Variant, problem: Problem, init: dict, *, steps: int, lr: float,
                 device: str = "cpu") -> Result:
     with torch_backend(variant):
-        model = torch_model(variant, init, width, device)
+        model = torch_model(variant, init, device)
         optimizer = torch_train.make_optimizer(model.parameters(), variant.optimizer, lr)
         voxels, heatmaps = to_torch(problem.voxels, variant, device), to_torch(problem.heatmaps, variant, device)
         losses, start = [], None
@@ -263,11 +281,10 @@ def _float64(state_dict) -> dict[str, torch.Tensor]:
             for k, v in state_dict.items()}
 
 
-def train(variant: Variant, problem: Problem, init: dict, *, steps: int, lr: float, width: int, conv: str,
+def train(variant: Variant, problem: Problem, init: dict, *, steps: int, lr: float, conv: str,
           device: str) -> Result:
     """Runs the variant; `device` is 'cpu' or 'gpu' (PyTorch: 'cuda'), `variant.lr` overrides `lr`."""
     lr = variant.lr if variant.lr is not None else lr
     if variant.framework == "jax":
-        return train_jax(variant, problem, init, steps=steps, lr=lr, width=width, conv=conv, device=device)
-    return train_torch(variant, problem, init, steps=steps, lr=lr, width=width,
-                       device="cuda" if device == "gpu" else "cpu")
+        return train_jax(variant, problem, init, steps=steps, lr=lr, conv=conv, device=device)
+    return train_torch(variant, problem, init, steps=steps, lr=lr, device="cuda" if device == "gpu" else "cpu")

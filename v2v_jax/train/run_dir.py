@@ -7,9 +7,12 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
-from tensorboardX import SummaryWriter
+from tensorboardX.event_file_writer import EventsWriter
+from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.summary_pb2 import Summary
 
 
 class RunDirError(RuntimeError):
@@ -65,30 +68,38 @@ def _check_run_dir(run_dir: Path, resume: bool, needed_bytes: int) -> None:
 
 
 class ScalarLog:
-    """Every logged scalar goes to metrics.jsonl and to TensorBoard event files."""
+    """Every logged scalar goes to metrics.jsonl and to a TensorBoard event file.
+
+    Both are written and flushed synchronously, so a failing write (a full disk) raises RunDirError in the training
+    loop. (tensorboardX's SummaryWriter writes from a thread that dies on such an error, after which its bounded
+    queue blocks the loop forever.)
+    """
 
     def __init__(self, run_dir: Path, enabled: bool = True):
-        self.enabled = enabled
+        self.enabled, self.run_dir = enabled, run_dir
         if enabled:
             self.jsonl = open(run_dir / "metrics.jsonl", "a")
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            (run_dir / "tensorboard").mkdir(exist_ok=True)
+            self.events = EventsWriter(str(run_dir / "tensorboard" / "events"))
 
     def write(self, step: int, **scalars: float) -> None:
         if not self.enabled:
             return
+        summary = Summary(value=[Summary.Value(tag=name, simple_value=float(value)) for name, value in scalars.items()])
         try:
             self.jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
             self.jsonl.flush()
+            self.events.write_event(Event(wall_time=time.time(), step=step, summary=summary))
+            self.events.flush()
         except OSError as e:
-            raise RunDirError(f"{self.jsonl.name}: cannot write the training log ({e.strerror}); the checkpoints "
-                              "written so far are intact: free space, then continue with --resume") from e
-        for name, value in scalars.items():
-            self.tb.add_scalar(name, value, step)
+            raise RunDirError(f"{self.run_dir}: cannot write the training logs (metrics.jsonl, tensorboard/): "
+                              f"{e.strerror}; the checkpoints written so far are intact: free space, then continue "
+                              "with --resume") from e
 
     def close(self):
         if self.enabled:
             self.jsonl.close()
-            self.tb.close()
+            self.events.close()
 
 
 def read_log(run_dir: Path) -> list[dict]:

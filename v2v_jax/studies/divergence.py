@@ -1,0 +1,181 @@
+"""Where configurations part: per-block comparisons built on `parity_tests.compare` (a thin adapter around it).
+
+- `trained_divergence`: two trained variants, each run under its own numerics on the fitted batch: the blocks'
+  forward outputs, their parameter gradients (`compare.compare_runs`) and how far their trained weights have
+  drifted apart (`compare.layer_errors`).
+- `block_precision`: every block alone, fed the float64 reference's input of that block: the error the block
+  itself adds in a lower precision (local error), and in float64 how much it amplifies a small input error
+  (gain); for residual blocks also the gain of the same block without its skip path.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import jax
+import numpy as np
+import torch
+from flax import nnx
+
+from parity_tests import compare
+from v2v_jax.studies.overfit import (Problem, Result, Variant, jax_device, jax_model, memory_format, torch_backend,
+                                     torch_model)
+from v2v_torch_ref import model as torch_model_lib
+
+LEAF_BLOCKS = (torch_model_lib.Basic3DBlock, torch_model_lib.Res3DBlock, torch_model_lib.Upsample3DBlock)
+F64 = Variant("float64 reference", framework="torch", dtype="float64")
+
+
+def torch_layout(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted batch (voxels, heatmaps) in torch layout, float64."""
+    return (compare.to_torch_layout(problem.voxels.astype(np.float64)), compare.to_torch_layout(problem.heatmaps))
+
+
+def block_types(state_dict) -> dict[str, str]:
+    """Block path -> class name (Res3DBlock, Basic3DBlock, Pool3DBlock, ...) of the V2V these weights fit."""
+    joints, width = state_dict["output_layer.weight"].shape[:2]
+    model = torch_model_lib.V2VModel(1, joints, width)
+    return {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, torch_model_lib.BLOCK_TYPES)}
+
+
+def run_variant(variant: Variant, state_dict, x: np.ndarray, target: np.ndarray, *, conv: str,
+                device: str) -> compare.Run:
+    """One train-mode forward and backward pass of the weights under the variant's numerics."""
+    if variant.framework == "torch":
+        with torch_backend(variant):
+            model = torch_model(variant, state_dict, "cuda" if device == "gpu" else "cpu")
+            run, _ = compare.run_torch(model, x, target, train=True, memory_format=memory_format(variant))
+        return run
+    with jax.default_device(jax_device(device)):
+        return compare.run_jax(jax_model(variant, state_dict, conv), x, target, train=True)
+
+
+def _owner(key: str, blocks) -> str:
+    owners = [b for b in blocks if key.startswith(b + ".")]
+    return max(owners, key=len) if owners else compare.OUTPUT
+
+
+@dataclasses.dataclass
+class PairDivergence:
+    reference: str
+    other: str
+    rows: list[compare.Row]        # forward / gradient / BN statistics of `other` against `reference`
+    weights: dict[str, float]      # block -> max relative difference of its trained parameters
+    divergence: compare.Divergence | None
+
+
+def trained_divergence(reference: Result, other: Result, problem: Problem, *, conv: str, device: str,
+                       tol: float) -> PairDivergence:
+    """`other` against `reference` after both trained: each under its own numerics, same batch and target."""
+    x, target = torch_layout(problem)
+    ref_run = run_variant(reference.variant, reference.state_dict, x, target, conv=conv, device=device)
+    other_run = run_variant(other.variant, other.state_dict, x, target, conv=conv, device=device)
+    rows = compare.compare_runs(ref_run, other_run, train=True, tol=tol)
+    blocks = [r.path for r in rows[1:-1]]
+    params = [k for k in reference.state_dict if k.endswith(("weight", "bias"))]
+    layer = compare.layer_errors(_numpy(other.state_dict), _numpy(reference.state_dict), params)
+    weights: dict[str, float] = {}
+    for name, err in layer.items():
+        owner = _owner(name, blocks)
+        weights[owner] = max(weights.get(owner, 0.0), err)
+    return PairDivergence(reference.variant.name, other.variant.name, rows, weights,
+                          compare.first_divergence(rows, tol))
+
+
+def _numpy(state_dict) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in state_dict.items()}
+
+
+# ------------------------------------------------------------------------------------------- block by block
+
+
+@dataclasses.dataclass
+class BlockPrecision:
+    path: str
+    kind: str
+    gain: float                  # float64: output error / input error for a 2^-24 relative input perturbation
+    gain_without_skip: float | None  # Res blocks: the same for relu(branch(x)), the block without its skip path
+    local: dict[str, tuple[float, float]]  # variant name -> (forward, parameter-gradient) relative error
+
+
+def block_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The input of every leaf block in a train-mode forward pass of a copy of `model`."""
+    model = copy.deepcopy(model).train()
+    inputs, handles = {}, []
+    for name, m in model.named_modules():
+        if isinstance(m, LEAF_BLOCKS):
+            handles.append(m.register_forward_pre_hook(
+                lambda _m, args, name=name: inputs.__setitem__(name, args[0].detach().clone())))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return inputs
+
+
+def gain(fn, x: torch.Tensor, seed: int = 0) -> float:
+    """max-relative output change / max-relative input change of fn for x * (1 + 2^-24 N(0, 1)), float64."""
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(seed), dtype=x.dtype)
+    xp = x * (1 + 2.0 ** -24 * noise)
+    with torch.no_grad():
+        y, yp = fn(x), fn(xp)
+    return compare.rel_error(yp, y) / compare.rel_error(xp, x)
+
+
+def submodule(model: nnx.Module, path: str) -> nnx.Module:
+    """The NNX block at a torch module path such as 'encoder_decoder.skip_res1' or 'front_layers.2'."""
+    for part in path.split("."):
+        model = model[int(part)] if part.isdigit() else getattr(model, part)
+    return model
+
+
+def _local_error(reference: compare.Run, candidate: compare.Run) -> tuple[float, float]:
+    """(forward, gradient) relative error of a lone block: its output, and the worst of its input gradient and
+    its parameters' gradients."""
+    rows = compare.compare_runs(reference, candidate, train=True, tol=np.inf)
+    grads = [r.grad_rel for r in (rows[0], rows[-1]) if r.grad_rel is not None]
+    return rows[-1].fwd_rel, max(grads)
+
+
+def block_precision(state_dict, problem: Problem, candidates: list[Variant], *, conv: str,
+                    device: str) -> list[BlockPrecision]:
+    """Every leaf block (Basic, Res, Upsample; pooling is exact) of the weights on the fitted batch."""
+    reference = torch_model(F64, state_dict, "cpu")
+    x, _ = torch_layout(problem)
+    inputs = block_inputs(reference, torch.from_numpy(x))
+    kinds = block_types(state_dict)
+    models: dict[str, object] = {}
+
+    def candidate_block(variant: Variant, path: str):
+        if variant.name not in models:
+            if variant.framework == "torch":
+                models[variant.name] = torch_model(variant, state_dict, "cuda" if device == "gpu" else "cpu")
+            else:
+                with jax.default_device(jax_device(device)):
+                    models[variant.name] = jax_model(variant, state_dict, conv)
+        model = models[variant.name]
+        return model.get_submodule(path) if variant.framework == "torch" else submodule(model, path)
+
+    out = []
+    for path, block_input in inputs.items():
+        ref_block = copy.deepcopy(reference.get_submodule(path)).train()
+        without_skip = None
+        if kinds[path] == "Res3DBlock":
+            without_skip = gain(lambda z: torch.relu(ref_block.res_branch(z)), block_input)
+        xb = block_input.numpy()
+        ref_run, target = compare.run_torch(ref_block, xb, None, train=True)
+        local = {}
+        for variant in candidates:
+            block = candidate_block(variant, path)
+            if variant.framework == "torch":
+                with torch_backend(variant):
+                    run, _ = compare.run_torch(block, xb, target, train=True, memory_format=memory_format(variant))
+            else:
+                with jax.default_device(jax_device(device)):
+                    run = compare.run_jax(compare.with_torch_weights(block, ref_block), xb, target, train=True)
+            local[variant.name] = _local_error(ref_run, run)
+        out.append(BlockPrecision(path, kinds[path], gain(ref_block, block_input), without_skip, local))
+    return out

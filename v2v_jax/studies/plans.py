@@ -1,0 +1,133 @@
+"""The studies' configurations and sizes, and running a list of variants under a time budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from v2v_jax.studies.overfit import Problem, Result, Variant, initial_state_dict, train
+
+AUTHORS_LR = 2.5e-4
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Sizes of a study. Defaults per device: `DEFAULTS`."""
+
+    device: str = "cpu"
+    steps: int = 300
+    grid: int = 24
+    width: int = 8
+    joints: str = "tips"
+    lr: float = 1e-3
+    samples: tuple[int, ...] = (1, 8)
+    conv: str = "auto"
+    seed: int = 0
+    budget_s: float | None = None  # start no new work after this many seconds (then report what is done)
+    out: Path = Path("docs/studies")
+
+
+# CPU: sized for the 2-core dev machine (XLA compiles each configuration for ~20 s there). The RMSprop lr is 4x the
+# authors' because at 300 steps their 2.5e-4 takes a single sample only 13x down (it is run as an ablation).
+# GPU: fits the 120 s the project's GPU check gives the study (scripts/gpu_check.sh), with a budget that stops
+# starting new configurations in time to write the report.
+DEFAULTS = {
+    "cpu": Settings(),
+    "gpu": Settings(device="gpu", steps=300, grid=32, width=16, samples=(1,), budget_s=80.0),
+}
+
+
+def precision_variants(device: str, num_samples: int) -> tuple[list[Variant], list[tuple[Variant, str]]]:
+    """(variants to run, [(variant, why it is skipped)]) of the precision study for this device and batch."""
+    variants = [
+        Variant("PyTorch f32", "torch"),
+        Variant("PyTorch f64", "torch", "float64"),
+        Variant("PyTorch f32 TF32 (torch default)", "torch", tf32=True, needs_cuda=True),
+        Variant("PyTorch f32 channels_last_3d", "torch", channels_last=True, needs_cuda=True),
+        Variant("PyTorch f32 TF32 channels_last_3d", "torch", tf32=True, channels_last=True, needs_cuda=True),
+        Variant("PyTorch f32 no cuDNN", "torch", cudnn=False, needs_cuda=True),
+        Variant("PyTorch f32 no cuDNN channels_last_3d", "torch", cudnn=False, channels_last=True, needs_cuda=True),
+        Variant("PyTorch f64 channels_last_3d", "torch", "float64", channels_last=True, needs_cuda=True),
+        Variant("JAX f32"),
+        Variant("JAX f32 highest", precision="highest"),
+        Variant("JAX f64", dtype="float64"),
+        Variant("JAX bf16", dtype="bfloat16"),
+        Variant("JAX f32 highest one-pass BN", batchnorm="flax", precision="highest"),
+    ]
+    run, skipped = [], []
+    for v in variants:
+        if v.needs_cuda and device != "gpu":
+            skipped.append((v, "needs a CUDA device (cuDNN, TF32 and channels_last_3d only act there)"))
+        elif device == "cpu" and num_samples > 1 and v.framework == "torch" and v.dtype == "float64":
+            skipped.append((v, "PyTorch float64 on CPU takes ~0.25 s per sample and step here; JAX f64 is the "
+                               "float64 reference"))
+        elif device == "cpu" and num_samples > 1 and v.precision == "highest" and v.batchnorm == "torch":
+            skipped.append((v, "identical to JAX f32 on CPU (XLA's CPU convolutions ignore the precision flag; "
+                               "see the one-sample run)"))
+        else:
+            run.append(v)
+    return run, skipped
+
+
+# Pairs compared block by block after training: (reference, other).
+DIVERGENCE_PAIRS = (("JAX f64", "JAX f32"), ("PyTorch f64", "PyTorch f32"), ("PyTorch f64", "JAX f64"),
+                    ("JAX f64", "JAX bf16"), ("JAX f32 highest", "JAX f32 highest one-pass BN"),
+                    ("PyTorch f64", "PyTorch f32 channels_last_3d"), ("PyTorch f64", "PyTorch f32 no cuDNN"),
+                    ("JAX f32 highest", "JAX f32"))
+
+# Configurations whose blocks are measured one by one against float64 (the trained JAX f64 weights).
+BLOCK_CANDIDATES = ("PyTorch f32", "JAX f32", "JAX bf16", "PyTorch f32 TF32 (torch default)",
+                    "PyTorch f32 channels_last_3d", "PyTorch f32 no cuDNN")
+
+
+def ablation_variants(lr: float) -> list[Variant]:
+    """JAX float32 throughout: init, optimiser and the final-ReLU bug, each against the RMSprop baseline."""
+    return [
+        Variant(f"RMSprop lr {lr:g} (baseline)"),
+        Variant(f"RMSprop lr {AUTHORS_LR:g} (authors')", lr=AUTHORS_LR),
+        Variant("Adam lr 1e-3 (PyTorch port's default)", optimizer="adam", lr=1e-3),
+        Variant("SGD momentum 0.9 lr 1", optimizer="sgd", lr=1.0),
+        Variant("SGD momentum 0.9 lr 10", optimizer="sgd", lr=10.0),
+        Variant("init framework (PyTorch default)", init="framework-torch"),
+        Variant("init framework (Flax default)", init="framework-flax"),
+        Variant("final ReLU after the output conv", final_relu=True),
+    ]
+
+
+class Budget:
+    """Wall-clock allowance of a study: work starts only while `left()` is positive."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds, self.start = seconds, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def exhausted(self) -> bool:
+        return self.seconds is not None and self.elapsed() >= self.seconds
+
+
+def run_variants(variants: list[Variant], problem: Problem, settings: Settings, budget: Budget,
+                 on_result: Callable[[Result | tuple[Variant, str]], None] = lambda r: None
+                 ) -> tuple[list[Result], list[tuple[Variant, str]]]:
+    """Trains each variant from the initial weights of its init scheme; skips what the device or budget rules out."""
+    results, skipped, inits = [], [], {}
+    for v in variants:
+        if v.framework == "torch" and settings.device == "gpu" and not torch.cuda.is_available():
+            entry = (v, "PyTorch sees no CUDA device")
+        elif budget.exhausted():
+            entry = (v, f"time budget of {settings.budget_s:g} s spent")
+        else:
+            if v.init not in inits:
+                inits[v.init] = initial_state_dict(v.init, settings.width, problem.num_joints, settings.seed)
+            entry = train(v, problem, inits[v.init], steps=settings.steps, lr=settings.lr, conv=settings.conv,
+                          device=settings.device)
+            print(f"  {v.name}: loss {entry.losses[0]:.3e} -> {entry.losses[-1]:.3e}, "
+                  f"{entry.seconds_per_step * 1e3:.0f} ms/step ({budget.elapsed():.0f} s)", flush=True)
+        (results if isinstance(entry, Result) else skipped).append(entry)
+        on_result(entry)
+    return results, skipped
