@@ -109,12 +109,14 @@ def train(cfg: Config) -> dict:
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps,
                                                                           cfg.epochs * steps_per_epoch)
     step, t0 = 0, time.time()
+    rate = train_data.SteadyRate(0, cfg.batch_size)
     bar = tqdm(total=total, desc="train (torch)", unit="step", dynamic_ncols=True)
     for epoch in range(cfg.epochs):
         for voxels, heatmaps, _, _ in loader(train_set, cfg, spec, epoch, train=True):
             loss = train_step(model, optimizer, voxels.to(device, dtype), heatmaps.to(device, dtype))
             step += 1
-            bar.set_postfix(loss=f"{float(loss):.3e}", epoch=epoch + 1)
+            bar.set_postfix(loss=f"{float(loss):.3e}", epoch=epoch + 1)  # float() waits for the device
+            rate.tick(step)
             bar.update(1)
             if step >= total:
                 break
@@ -125,7 +127,7 @@ def train(cfg: Config) -> dict:
     bar.close()
     torch.save(model.state_dict(), run_dir / "model.pth")
     print(format_table(result, spec.joint_names))
-    print(f"trained {step} steps in {time.time() - t0:.0f} s; state_dict in {run_dir / 'model.pth'}")
+    print(f"trained {step} steps in {time.time() - t0:.0f} s; {rate}; state_dict in {run_dir / 'model.pth'}")
     return result
 
 

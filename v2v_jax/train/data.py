@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import jax
@@ -101,6 +102,26 @@ def truncate_log(run_dir: Path, step: int) -> None:
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text(text)
         tmp.replace(path)
+
+
+class SteadyRate:
+    """Training speed after the first steps (compilation, warm-up) have passed, for the final report."""
+
+    def __init__(self, first_step: int, batch_size: int, warmup: int = 5):
+        self.start_step, self.batch_size = first_step + warmup, batch_size
+        self.t0 = self.t1 = None
+        self.last_step = first_step
+
+    def tick(self, step: int) -> None:
+        if step == self.start_step:
+            self.t0 = time.perf_counter()
+        self.t1, self.last_step = time.perf_counter(), step
+
+    def __str__(self) -> str:
+        if self.t0 is None or self.last_step <= self.start_step:
+            return "too few steps for a steady-state rate"
+        per_s = (self.last_step - self.start_step) / (self.t1 - self.t0)
+        return f"steady state {per_s:.2f} steps/s ({per_s * self.batch_size:.1f} samples/s)"
 
 
 class RawSampleCheck:

@@ -129,6 +129,7 @@ def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, 
     last_good = checkpoints.steps()[-1] if checkpoints.steps() else None
     zero_loss = None
     t_start = time.time()
+    rate = train_data.SteadyRate(step, cfg.batch_size)
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
                disable=jax.process_index() != 0)
     epoch = position["epoch"]
@@ -144,6 +145,7 @@ def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, 
             out = parallel.to_host(out)
             loss = float(out["loss"])
             step += 1
+            rate.tick(step)
             position["batch"] += 1
             if not bool(out["finite"]) and cfg.on_nonfinite == "stop":
                 raise TrainingError(
@@ -195,7 +197,7 @@ def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, 
     log.close()
     elapsed = time.time() - t_start
     print(report.format_table(final, spec.joint_names))
-    print(f"trained {step} steps in {elapsed:.0f} s")
+    print(f"trained {step} steps in {elapsed:.0f} s; {rate}")
     if cfg.overfit:
         train_data.report_overfit(read_log(run_dir), zero_loss)
     if cfg.plots and jax.process_index() == 0:
