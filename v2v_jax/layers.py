@@ -141,17 +141,28 @@ def _depth_folded_bwd(padding, precision, residuals, g):
 
 
 def _depth_folded_kernel_grad(x, g, k, padding, precision):
-    """dK[a, b, c, i, o] = sum over n, d', h, w of xp[n, d', h + b, w + c, i] * g[n, d' - a, h, w, o]: one GEMM of
-    the k^2 in-plane shifts of x (k^2 I features) against the k depth shifts of g (k O features)."""
+    """dK[a, b, c, i, o] = sum over n, d', h, w of xp[n, d', h + b, w + c, i] * g[n, d' - a, h, w, o]: products of
+    the k^2 in-plane shifts of x (k^2 I rows) with the k depth shifts of g side by side (k O columns)."""
     cin, cout = x.shape[-1], g.shape[-1]
     h, w = g.shape[2:4]
     xp = _pad_spatial(x, padding)
     shifts = [xp[:, :, b:b + h, c:c + w] for b in range(k) for c in range(k)]
     cols = jnp.concatenate([jnp.pad(g, [(0, 0), (a, k - 1 - a), (0, 0), (0, 0), (0, 0)]) for a in range(k)], axis=-1)
-    if cin == 1:  # XLA concatenates along the minor axis one element at a time: stack single channels in front
+    if cin == 1:  # one GEMM against the k^2 shifted single channels stacked in front
         dk = jnp.einsum("tndhw,ndhws->ts", jnp.stack([s[..., 0] for s in shifts]), cols, precision=precision)
     else:
-        dk = jnp.einsum("ndhwt,ndhws->ts", jnp.concatenate(shifts, axis=-1), cols, precision=precision)
+        import os
+        mode = os.environ.get("DWMODE", "dots")
+        if mode == "dots":
+            dk = jnp.concatenate([jnp.einsum("ndhwi,ndhws->is", s, cols, precision=precision) for s in shifts])
+        elif mode == "dotsT":
+            colsT = cols.reshape(-1, cols.shape[-1]).T
+            dk = jnp.concatenate([jnp.einsum("sr,ri->si", colsT, s.reshape(-1, cin), precision=precision) for s in shifts], 1).T
+        elif mode == "stack0":
+            dk = jnp.einsum("tndhwi,ndhws->tis", jnp.stack(shifts), cols, precision=precision).reshape(k * k * cin, -1)
+        elif mode == "stackT":
+            st = jnp.stack(shifts, axis=-2)  # (n,d,h,w,t,i)
+            dk = jnp.einsum("ndhwti,ndhws->tis", st, cols, precision=precision).reshape(k * k * cin, -1)
     return dk.reshape(k, k, cin, k, cout).transpose(3, 0, 1, 2, 4)
 
 

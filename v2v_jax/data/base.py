@@ -93,18 +93,17 @@ class DepthDataset:
         if marked_valid is not None:
             skipped["marked invalid in labels"] = int((keep & ~marked_valid).sum())
             keep &= marked_valid
-        zero_depth = keep & (centers[:, 2] <= 0)
-        if zero_depth.any():
-            bad = np.flatnonzero(zero_depth)
-            message = (f"{centers_source}: reference centre at zero depth ({centers[bad[0]].tolist()}) for frame "
-                       f"{frame_ids[bad[0]]}" + (f" and {len(bad) - 1} more" if len(bad) > 1 else ""))
-            if on_bad_frame == "error":
-                raise DataError(f"{message}; {SKIP_HINT}", "centre at zero depth")
-            for i in bad:
-                log.warning("skipping frame %s: reference centre at zero depth (%s in %s)", frame_ids[i],
-                            centers[i].tolist(), centers_source)
-            skipped["bad frame: centre at zero depth"] = len(bad)
-            keep &= ~zero_depth
+        zero_depth = np.flatnonzero(keep & (centers[:, 2] <= 0))
+        problems = {i: f"{centers_source}: reference centre at zero depth ({centers[i].tolist()}) for frame "
+                       f"{frame_ids[i]}" for i in zero_depth}
+        if problems and on_bad_frame == "error":
+            more = f" (and {len(problems) - 1} more frames)" if len(problems) > 1 else ""
+            raise DataError(f"{problems[zero_depth[0]]}{more}; {SKIP_HINT}", "centre at zero depth")
+        for i, problem in problems.items():
+            log.warning("skipping frame %s: %s", frame_ids[i], problem)
+        if problems:
+            skipped["bad frame: centre at zero depth"] = len(problems)
+            keep[zero_depth] = False
         self.sources = [s for s, k in zip(sources, keep) if k]
         self._set_labels([f for f, k in zip(frame_ids, keep) if k], centers[keep], np.asarray(joints)[keep],
                          skipped)
@@ -116,7 +115,7 @@ class DepthDataset:
         bad = {}
         for i in range(len(self)):
             try:
-                self[i]
+                self._read_checked(i)
             except DataError as error:
                 bad[i] = error
                 log.warning("skipping frame %s: %s", self.frame_ids[i], error)
@@ -147,15 +146,23 @@ class DepthDataset:
         """Where frame i's depth comes from, for messages."""
         return str(self.sources[i])
 
+    def _read_checked(self, i: int) -> np.ndarray:
+        """Frame i's depth, after every check of a bad frame that needs it (DataError if one fails)."""
+        depth = self.read_depth(i)
+        if self.cube_mm is not None and not points_in_cube(depth, self.centers[i], self.spec, self.cube_mm, enough=1):
+            raise DataError(f"{self.source_name(i)}: no depth point of frame {self.frame_ids[i]} falls inside the "
+                            f"{self.cube_mm:g} mm cube around its reference centre {self.centers[i].tolist()}: the "
+                            "input grid would be empty", "empty cube")
+        return depth
+
     def __getitem__(self, i: int) -> Frame:
         if not -len(self) <= i < len(self):
             raise IndexError(f"frame {i} out of range for {len(self)} frames")
         i = i % len(self)
-        depth = self.read_depth(i)
-        if self.cube_mm is not None and points_in_cube(depth, self.centers[i], self.spec, self.cube_mm) == 0:
-            raise DataError(f"{self.source_name(i)}: no depth point of frame {self.frame_ids[i]} falls inside the "
-                            f"{self.cube_mm:g} mm cube around its reference centre {self.centers[i].tolist()}: the "
-                            f"input grid would be empty; {SKIP_HINT}", "empty cube")
+        try:
+            depth = self._read_checked(i)
+        except DataError as error:
+            raise DataError(f"{error}; {SKIP_HINT}", error.reason) from None
         return Frame(read_only(depth), self.centers[i], self.joints[i], self.frame_ids[i])
 
     @property
@@ -181,18 +188,31 @@ def check_depth(depth: np.ndarray, path, shape: tuple[int, int]) -> np.ndarray:
     return depth
 
 
-def points_in_cube(depth: np.ndarray, center: np.ndarray, spec: cameras.DatasetSpec, cube_mm: float) -> int:
+def points_in_cube(depth: np.ndarray, center: np.ndarray, spec: cameras.DatasetSpec, cube_mm: float,
+                   enough: int | None = None) -> int:
     """How many points of `depth` voxelisation keeps (SPEC §4): zero depth at the background, pixel -> world,
-    then r - C/2 <= p < r + C/2 on every axis (up to rounding at the faces). NumPy, so loader workers stay JAX-free."""
-    z = depth.astype(np.float64)
-    if spec.background_mm is not None:
-        z = np.where(z == 0, spec.background_mm, z)
+    then r - C/2 <= p < r + C/2 on every axis (float64, so up to rounding at the faces). With `enough`, counting
+    may stop once that many are found. NumPy, so that loader workers stay JAX-free."""
     low, high = np.asarray(center, np.float64) - cube_mm / 2, np.asarray(center, np.float64) + cube_mm / 2
-    rows, cols = np.nonzero((z >= low[2]) & (z < high[2]))
-    z = z[rows, cols]
-    x = (cols - spec.cx) * z / spec.fx
-    y = (spec.cy - rows if spec.y_up else rows - spec.cy) * z / spec.fy
-    return int(((x >= low[0]) & (x < high[0]) & (y >= low[1]) & (y < high[1])).sum())
+    candidates = (depth >= low[2] - 1) & (depth < high[2] + 1)  # float32 compare, widened; exact test below
+    if spec.background_mm is not None and low[2] <= spec.background_mm < high[2]:
+        candidates |= depth == 0
+    index = np.flatnonzero(candidates)  # 10x faster than np.nonzero on a 2-D mask
+    chunk = max(len(index), 1) if enough is None else 1024
+    found = 0
+    for start in range(0, len(index), chunk):
+        part = index[start:start + chunk]
+        rows, cols = np.divmod(part, depth.shape[1])
+        z = depth.reshape(-1)[part].astype(np.float64)
+        if spec.background_mm is not None:
+            z[z == 0] = spec.background_mm
+        x = (cols - spec.cx) * z / spec.fx
+        y = (spec.cy - rows if spec.y_up else rows - spec.cy) * z / spec.fy
+        found += int(((z >= low[2]) & (z < high[2]) & (x >= low[0]) & (x < high[0]) & (y >= low[1])
+                      & (y < high[1])).sum())
+        if enough is not None and found >= enough:
+            break
+    return found
 
 
 def read_text(path: Path) -> list[str]:

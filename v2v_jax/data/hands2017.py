@@ -51,4 +51,5 @@ class HANDS2017(DepthDataset):
 
     def read_depth(self, i: int) -> np.ndarray:
         path = self.sources[i]
-        return check_depth(read_png_uint16(path), path, (self.spec.height, self.spec.width))
+        shape = (self.spec.height, self.spec.width)
+        return check_depth(read_png_uint16(path, shape), path, shape)

@@ -71,5 +71,5 @@ class ICVL(DepthDataset):
     def read_depth(self, i: int) -> np.ndarray:
         shape = (self.spec.height, self.spec.width)
         path = self.sources[i]
-        depth = read_png_uint16(path) if self.depth_format == "png" else read_depth_raw(path, shape)
+        depth = read_png_uint16(path, shape) if self.depth_format == "png" else read_depth_raw(path, shape)
         return check_depth(depth, path, shape)

@@ -32,10 +32,22 @@ def _dataset(file: h5py.File, key: str, path: Path) -> h5py.Dataset:
 
 
 def _open_h5(path: Path) -> h5py.File:
+    require_file(path, "ITOP HDF5")
     try:
-        return h5py.File(require_file(path, "ITOP HDF5"), "r")
-    except OSError as error:
-        raise DataError(f"{path}: cannot read HDF5 ({error})") from None
+        return h5py.File(path, "r")
+    except Exception as error:  # noqa: BLE001 - h5py raises many types on a damaged file
+        raise DataError(f"{path}: cannot read HDF5 ({type(error).__name__}: {error})") from None
+
+
+def _read_h5(path: Path, read):
+    """read(file) on the HDF5 file at `path`; any failure to parse it becomes a DataError naming the file."""
+    with _open_h5(path) as file:
+        try:
+            return read(file)
+        except DataError:
+            raise
+        except Exception as error:  # noqa: BLE001 - h5py raises many types on a damaged file
+            raise DataError(f"{path}: cannot read HDF5 ({type(error).__name__}: {error})") from None
 
 
 class ITOP(DepthDataset):
@@ -50,20 +62,23 @@ class ITOP(DepthDataset):
         self.root, self.view, self.split = Path(root), view, split
         self.depth_path = self.root / f"ITOP_{view}_{split}_depth_map.h5"
         labels_path = self.root / f"ITOP_{view}_{split}_labels.h5"
-        with _open_h5(labels_path) as labels:
+
+        def read_labels(labels):
             joints = _dataset(labels, "real_world_coordinates", labels_path)[()] * MM_PER_M
             num = len(joints)
             marked_valid = labels["is_valid"][()].astype(bool) if "is_valid" in labels else np.ones(num, bool)
             ids = [i.decode() if isinstance(i, bytes) else str(i) for i in labels["id"][()]] if "id" in labels \
                 else [f"{i:06d}" for i in range(num)]
+            return joints, num, marked_valid, ids
+
+        joints, num, marked_valid, ids = _read_h5(labels_path, read_labels)
         if joints.shape[1:] != (self.spec.num_joints, 3):
             raise DataError(f"{labels_path}: real_world_coordinates has shape {joints.shape}, "
                             f"expected (N, {self.spec.num_joints}, 3)")
         if len(marked_valid) != num or len(ids) != num:
             raise DataError(f"{labels_path}: is_valid/id lengths ({len(marked_valid)}, {len(ids)}) differ from the "
                             f"{num} frames of real_world_coordinates")
-        with _open_h5(self.depth_path) as depth:
-            shape = _dataset(depth, "data", self.depth_path).shape
+        shape = _read_h5(self.depth_path, lambda depth: _dataset(depth, "data", self.depth_path).shape)
         if shape != (num, self.spec.height, self.spec.width):
             raise DataError(f"{self.depth_path}: data has shape {shape}, expected ({num}, {self.spec.height}, "
                             f"{self.spec.width}) to match {labels_path.name}")
@@ -80,10 +95,10 @@ class ITOP(DepthDataset):
         if self._pid != os.getpid():  # one handle per process: h5py handles must not cross a fork
             self._file, self._pid = _open_h5(self.depth_path), os.getpid()
         try:
-            metres = self._file["data"][self.sources[i]]
-        except (OSError, ValueError, KeyError) as error:
-            raise DataError(f"{self.source_name(i)}: cannot read depth ({error})", UNREADABLE) from None
-        depth = metres.astype(np.float32) * np.float32(MM_PER_M)
+            depth = self._file["data"][self.sources[i]].astype(np.float32) * np.float32(MM_PER_M)
+        except Exception as error:  # noqa: BLE001 - h5py raises many types on a damaged file
+            raise DataError(f"{self.source_name(i)}: cannot read depth ({type(error).__name__}: {error})",
+                            UNREADABLE) from None
         return check_depth(depth, self.source_name(i), (self.spec.height, self.spec.width))
 
     def source_name(self, i: int) -> str:

@@ -27,12 +27,14 @@ def read_joint_data(path: Path) -> np.ndarray:
         mat = scipy.io.loadmat(path, variable_names=["joint_xyz"])
     except NotImplementedError:
         raise DataError(f"{path}: MATLAB v7.3 files are not supported; save it as v7 (-v7)") from None
-    except (ValueError, OSError) as error:
-        raise DataError(f"{path}: cannot read .mat ({error})") from None
+    except Exception as error:  # noqa: BLE001 - scipy raises many types on a damaged file
+        raise DataError(f"{path}: cannot read .mat ({type(error).__name__}: {error})") from None
     if "joint_xyz" not in mat:
         raise DataError(f"{path}: no variable 'joint_xyz'")
     xyz = mat["joint_xyz"]
-    if xyz.ndim != 4 or xyz.shape[2:] != (NUM_RAW_JOINTS, 3):
+    if not np.issubdtype(xyz.dtype, np.number):
+        raise DataError(f"{path}: joint_xyz holds {xyz.dtype}, not numbers")
+    if xyz.ndim != 4 or xyz.shape[0] < 1 or xyz.shape[2:] != (NUM_RAW_JOINTS, 3):
         raise DataError(f"{path}: joint_xyz has shape {xyz.shape}, expected (kinects, frames, 36, 3)")
     joints = xyz[0][:, cameras.NYU_EVAL_JOINT_IDS].astype(np.float32)
     if not np.isfinite(joints).all():
@@ -60,4 +62,5 @@ class NYU(DepthDataset):
 
     def read_depth(self, i: int) -> np.ndarray:
         path = self.sources[i]
-        return check_depth(read_png_nyu(path), path, (self.spec.height, self.spec.width))
+        shape = (self.spec.height, self.spec.width)
+        return check_depth(read_png_nyu(path, shape), path, shape)

@@ -1,8 +1,8 @@
 """Where configurations part: per-block comparisons built on `parity_tests.compare` (a thin adapter around it).
 
-- `trained_divergence`: two trained variants, each run under its own numerics on the fitted batch: the blocks'
-  forward outputs, their parameter gradients (`compare.compare_runs`) and how far their trained weights have
-  drifted apart (`compare.layer_errors`).
+- `compare_pair`: two runs (`run_variant`: weights under a variant's numerics on the fitted batch), block by
+  block: forward outputs and parameter gradients (`compare.compare_runs`), and for two trained variants how far
+  their weights have drifted apart (`compare.layer_errors`).
 - `block_precision`: every block alone, fed the float64 reference's input of that block: the error the block
   itself adds in a lower precision (local error), and in float64 how much it amplifies a small input error
   (gain); for residual blocks also the gain of the same block without its skip path.
@@ -19,7 +19,7 @@ import torch
 from flax import nnx
 
 from parity_tests import compare
-from v2v_jax.studies.overfit import (Problem, Result, Variant, jax_device, jax_model, memory_format, torch_backend,
+from v2v_jax.studies.overfit import (Problem, Variant, jax_device, jax_model, memory_format, shape_of, torch_backend,
                                      torch_model)
 from v2v_torch_ref import model as torch_model_lib
 
@@ -32,11 +32,14 @@ def torch_layout(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
     return (compare.to_torch_layout(problem.voxels.astype(np.float64)), compare.to_torch_layout(problem.heatmaps))
 
 
-def block_types(state_dict) -> dict[str, str]:
-    """Block path -> class name (Res3DBlock, Basic3DBlock, Pool3DBlock, ...) of the V2V these weights fit."""
-    joints, width = state_dict["output_layer.weight"].shape[:2]
-    model = torch_model_lib.V2VModel(1, joints, width)
-    return {name: type(m).__name__ for name, m in model.named_modules() if isinstance(m, torch_model_lib.BLOCK_TYPES)}
+def block_kinds(state_dict) -> dict[str, str]:
+    """Block path -> class name (Res3DBlock, Pool3DBlock, ...) of the V2V these weights fit, in the order the
+    blocks finish in a forward pass (torch's forward hooks; inner blocks before the encoder-decoder)."""
+    width, joints = shape_of(state_dict)
+    model = torch_model_lib.V2VModel(1, joints, width).double().eval()
+    _, taps = torch_model_lib.forward_with_intermediates(model, torch.zeros(1, 1, 8, 8, 8, dtype=torch.float64))
+    kinds = {name: type(m).__name__ for name, m in model.named_modules()}
+    return {name: kinds[name] for name in taps if name}
 
 
 def run_variant(variant: Variant, state_dict, x: np.ndarray, target: np.ndarray, *, conv: str,
@@ -51,36 +54,38 @@ def run_variant(variant: Variant, state_dict, x: np.ndarray, target: np.ndarray,
         return compare.run_jax(jax_model(variant, state_dict, conv), x, target, train=True)
 
 
-def _owner(key: str, blocks) -> str:
-    owners = [b for b in blocks if key.startswith(b + ".")]
-    return max(owners, key=len) if owners else compare.OUTPUT
-
-
 @dataclasses.dataclass
-class PairDivergence:
+class Pair:
+    """`other` against `reference`, block by block: rows in execution order, the first block beyond `tol`, and
+    how far the two sets of weights have drifted apart (per block, max-relative; empty for shared weights)."""
+
     reference: str
     other: str
-    rows: list[compare.Row]        # forward / gradient / BN statistics of `other` against `reference`
-    weights: dict[str, float]      # block -> max relative difference of its trained parameters
+    rows: list[compare.Row]
     divergence: compare.Divergence | None
+    weights: dict[str, float]
 
 
-def trained_divergence(reference: Result, other: Result, problem: Problem, *, conv: str, device: str,
-                       tol: float) -> PairDivergence:
-    """`other` against `reference` after both trained: each under its own numerics, same batch and target."""
-    x, target = torch_layout(problem)
-    ref_run = run_variant(reference.variant, reference.state_dict, x, target, conv=conv, device=device)
-    other_run = run_variant(other.variant, other.state_dict, x, target, conv=conv, device=device)
-    rows = compare.compare_runs(ref_run, other_run, train=True, tol=tol)
-    blocks = [r.path for r in rows[1:-1]]
-    params = [k for k in reference.state_dict if k.endswith(("weight", "bias"))]
-    layer = compare.layer_errors(_numpy(other.state_dict), _numpy(reference.state_dict), params)
-    weights: dict[str, float] = {}
+def compare_pair(reference: compare.Run, other: compare.Run, kinds: dict[str, str], tol: float, *,
+                 names: tuple[str, str], weights: tuple[dict, dict] | None = None) -> Pair:
+    """`compare.compare_runs` with the reference's blocks put in execution order first (a JAX run returns its
+    intermediates sorted by name), so that `first_divergence` reads them in the order they are computed."""
+    reference = dataclasses.replace(reference, acts={k: reference.acts[k] for k in kinds})
+    rows = compare.compare_runs(reference, other, train=True, tol=tol)
+    drift = {} if weights is None else weight_drift(*weights, list(kinds))
+    return Pair(names[0], names[1], rows, compare.first_divergence(rows, tol), drift)
+
+
+def weight_drift(reference: dict, other: dict, blocks: list[str]) -> dict[str, float]:
+    """Block -> the largest max-relative difference of its layers' parameters (weight and bias as one vector)."""
+    params = [k for k in reference if k.endswith(("weight", "bias"))]
+    layer = compare.layer_errors(_numpy(other), _numpy(reference), params)
+    drift: dict[str, float] = {}
     for name, err in layer.items():
-        owner = _owner(name, blocks)
-        weights[owner] = max(weights.get(owner, 0.0), err)
-    return PairDivergence(reference.variant.name, other.variant.name, rows, weights,
-                          compare.first_divergence(rows, tol))
+        owners = [b for b in blocks if name.startswith(b + ".")]
+        owner = max(owners, key=len) if owners else compare.OUTPUT
+        drift[owner] = max(drift.get(owner, 0.0), err)
+    return drift
 
 
 def _numpy(state_dict) -> dict[str, np.ndarray]:
@@ -146,7 +151,7 @@ def block_precision(state_dict, problem: Problem, candidates: list[Variant], *, 
     reference = torch_model(F64, state_dict, "cpu")
     x, _ = torch_layout(problem)
     inputs = block_inputs(reference, torch.from_numpy(x))
-    kinds = block_types(state_dict)
+    kinds = block_kinds(state_dict)
     models: dict[str, object] = {}
 
     def candidate_block(variant: Variant, path: str):

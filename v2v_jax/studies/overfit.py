@@ -99,9 +99,9 @@ def make_problem(num_samples: int, grid: int, joints: str = "all", seed: int = 0
     voxels, coords = geometry.encode_batch(
         jnp.asarray(frames.depth[:num_samples]), jnp.asarray(frames.centers[:num_samples], jnp.float32),
         jnp.asarray(frames.joints[:num_samples], jnp.float32), None, synth.SPEC, grid, CUBE_MM)
-    coords = np.asarray(coords, np.float64)[:, list(JOINT_SETS[joints])]
+    coords = np.array(coords, np.float64)[:, list(JOINT_SETS[joints])]
     heatmaps = jax.vmap(lambda c: geometry.gaussian_heatmaps(c, grid // 2, dtype=jnp.float64))(coords)
-    return Problem(np.asarray(voxels, np.float32), coords, np.asarray(heatmaps, np.float64))
+    return Problem(np.array(voxels, np.float32), coords, np.array(heatmaps, np.float64))  # writable copies
 
 
 def initial_state_dict(init: str, width: int, num_joints: int, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -243,9 +243,9 @@ def memory_format(variant: Variant) -> torch.memory_format:
 
 def torch_model(variant: Variant, state_dict, device: str) -> torch.nn.Module:
     width, joints = shape_of(state_dict)
-    model = torch_model_lib.V2VModel(1, joints, width)
-    model.load_state_dict(state_dict)
-    return model.to(device=device, dtype=TORCH_DTYPES[variant.dtype], memory_format=memory_format(variant))
+    model = torch_model_lib.V2VModel(1, joints, width).to(device=device, dtype=TORCH_DTYPES[variant.dtype])
+    model.load_state_dict(state_dict)  # after the cast: loading float64 weights into float32 would round them
+    return model.to(memory_format=memory_format(variant))
 
 
 def to_torch(array: np.ndarray, variant: Variant, device: str) -> torch.Tensor:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from matplotlib.figure import Figure
 
-from v2v_jax.studies.divergence import BlockPrecision, PairDivergence
+from parity_tests.compare import INPUT, OUTPUT, Row
+from v2v_jax.studies.divergence import BlockPrecision, Pair
 from v2v_jax.studies.overfit import Result, Variant
 
 
@@ -74,18 +76,52 @@ def plot_curves(path: Path, experiments: dict[str, tuple[list[Result], float]], 
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
-def divergence_section(pair: PairDivergence, kinds: dict[str, str], steps: int, loss_agreement: str) -> str:
-    """A table per pair: the drift of the trained weights, forward and gradient errors per block."""
-    worst = max(pair.weights.values()) if pair.weights else math.nan
-    lines = [f"### {pair.other} vs {pair.reference}", "",
-             f"{loss_agreement} Trained weights differ by up to {worst:.2e} (max-relative per layer). "
-             f"{pair.divergence if pair.divergence else 'No block exceeds the tolerance.'}", "",
-             "| block | kind | weights after N steps | forward | gradient |", "|---|---|---|---|---|"]
-    for row in pair.rows:
-        weights = pair.weights.get(row.path)
-        lines.append(f"| {row.path} | {kinds.get(row.path, '')} | {_num(weights)} | {_num(row.fwd_rel)} "
-                     f"| {_num(row.grad_rel)} |")
+def pair_summary(pairs: list[Pair], agreement: dict[tuple[str, str], tuple[float, float]]) -> str:
+    """One line per pair of trained variants: how their losses and weights agree, where they part first."""
+    lines = ["| configuration vs reference | losses, first steps | loss after N | weights after N (worst block) "
+             "| first block beyond tolerance |", "|---|---|---|---|---|"]
+    for p in pairs:
+        first, last = agreement[(p.reference, p.other)]
+        worst = max(p.weights, key=p.weights.get) if p.weights else None
+        drift = f"{p.weights[worst]:.1e} ({worst})" if worst else "–"
+        where = f"{p.divergence.path} ({p.divergence.quantity} {p.divergence.error:.1e} > {p.divergence.tol:.0e})" \
+            if p.divergence else "none"
+        lines.append(f"| {p.other} vs {p.reference} | {first:.1e} | {last:.1e} | {drift} | {where} |")
     return "\n".join(lines)
+
+
+def pair_summary_same(pairs: list[Pair]) -> str:
+    """One line per configuration run on shared weights: its worst block, the first beyond tolerance."""
+    lines = ["| configuration | output: forward / gradient | worst forward (block) | worst gradient (block) "
+             "| first block beyond tolerance |", "|---|---|---|---|---|"]
+    for p in pairs:
+        fwd = max((r for r in p.rows if r.fwd_rel is not None), key=lambda r: r.fwd_rel)
+        grad = max((r for r in p.rows if r.grad_rel is not None), key=lambda r: r.grad_rel)
+        out = p.rows[-1]
+        where = f"{p.divergence.path} ({p.divergence.quantity} {p.divergence.error:.1e} > {p.divergence.tol:.0e})" \
+            if p.divergence else f"none (tolerance {p.rows[0].tol:.0e})"
+        lines.append(f"| {p.other} | {_num(out.fwd_rel, '.1e')} / {_num(out.grad_rel, '.1e')} | "
+                     f"{fwd.fwd_rel:.1e} ({fwd.path}) | {grad.grad_rel:.1e} ({grad.path}) | {where} |")
+    return "\n".join(lines)
+
+
+def per_block(pairs: list[Pair], kinds: dict[str, str], cell: Callable[[Pair, Row], str], title: str) -> str:
+    """Blocks down, pairs across; `cell` renders one block of one pair."""
+    head = f"| block | kind | " + " | ".join(f"{p.other}: {title}" for p in pairs) + " |"
+    lines = [head, "|" + "---|" * (2 + len(pairs))]
+    rows = [{r.path: r for r in p.rows} for p in pairs]
+    for path in [INPUT, *kinds, OUTPUT]:
+        cells = [cell(p, r[path]) if path in r else "" for p, r in zip(pairs, rows)]
+        lines.append(f"| {path} | {kinds.get(path, '')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def drift_and_forward(pair: Pair, row: Row) -> str:
+    return f"{_num(pair.weights.get(row.path), '.1e')} / {_num(row.fwd_rel, '.1e')}"
+
+
+def forward_and_gradient(_pair: Pair, row: Row) -> str:
+    return f"{_num(row.fwd_rel, '.1e')} / {_num(row.grad_rel, '.1e')}"
 
 
 def block_table(blocks: list[BlockPrecision]) -> str:

@@ -13,7 +13,7 @@ import torch
 from parity_tests import compare
 from v2v_jax.studies import divergence, report
 from v2v_jax.studies.overfit import Problem, Result, Variant, make_problem
-from v2v_jax.studies.plans import (BLOCK_CANDIDATES, DIVERGENCE_PAIRS, Budget, Settings, ablation_variants,
+from v2v_jax.studies.plans import (DIVERGENCE_PAIRS, Budget, Settings, ablation_variants,
                                    precision_variants, run_variants)
 from v2v_jax.train.data import dead_output_warning
 
@@ -55,32 +55,43 @@ def header(title: str, settings: Settings, budget: Budget) -> str:
             "(argmax alone leaves ~0.96), and the time per step (noisy on a shared machine).\n")
 
 
-def trajectory_agreement(a: Result, b: Result) -> str:
+def loss_agreement(a: Result, b: Result) -> tuple[float, float]:
+    """Max-relative difference of two loss curves over the first FIRST_STEPS steps, and after the last step."""
     k = min(FIRST_STEPS, len(a.losses), len(b.losses))
-    first = compare.rel_error(b.losses[:k], a.losses[:k])
-    last = compare.rel_error(b.losses[-1:], a.losses[-1:])
-    return f"Losses agree to {first:.1e} (max-relative) over the first {k} steps and to {last:.1e} after the last."
+    return compare.rel_error(b.losses[:k], a.losses[:k]), compare.rel_error(b.losses[-1:], a.losses[-1:])
 
 
-def tolerance_for(v: Variant) -> float:
-    dtype = "float32" if v.dtype == "float32" else v.dtype
-    return compare.tolerance(dtype, tf32=v.tf32 or (v.framework == "jax" and v.precision is None))
+def tolerance_for(v: Variant, device: str) -> float:
+    """compare.TOLERANCES of the variant's compute; float32 convolutions run as TF32 on a GPU unless turned off."""
+    tf32 = device == "gpu" and (v.tf32 if v.framework == "torch" else v.precision is None)
+    return compare.tolerance(v.dtype, tf32=tf32)
+
+
+@dataclasses.dataclass
+class Analysis:
+    """The block-by-block comparisons of a precision study (filled in as they finish)."""
+
+    kinds: dict[str, str] = dataclasses.field(default_factory=dict)
+    trajectories: list[divergence.Pair] = dataclasses.field(default_factory=list)
+    agreement: dict[tuple[str, str], tuple[float, float]] = dataclasses.field(default_factory=dict)
+    same_weights: list[divergence.Pair] = dataclasses.field(default_factory=list)
+    blocks: list[divergence.BlockPrecision] = dataclasses.field(default_factory=list)
 
 
 def precision_study(settings: Settings) -> str:
     budget = Budget(settings.budget_s)
     settings.out.mkdir(parents=True, exist_ok=True)
     experiments: dict[str, Experiment] = {}
-    pairs: list[divergence.PairDivergence] = []
-    blocks: list[divergence.BlockPrecision] = []
+    analysis = Analysis()
 
     def write(_=None) -> str:
-        text = render_precision(settings, budget, experiments, pairs, blocks)
+        text = render_precision(settings, budget, experiments, analysis)
         report.write_text(settings.out / "report.md", text)
         report.write_json(settings.out / "curves.json", {k: e.results for k, e in experiments.items()})
         report.plot_curves(settings.out / "precision.png",
                            {k: (e.results, e.problem.zero_loss) for k, e in experiments.items()},
-                           f"V2V overfit, {settings.device.upper()}, {settings.grid}³, width {settings.width}")
+                           f"V2V overfit, {settings.device.upper()}, {settings.grid}³, width {settings.width}, "
+                           f"RMSprop lr {settings.lr:g}")
         return text
 
     for n in settings.samples:
@@ -90,19 +101,54 @@ def precision_study(settings: Settings) -> str:
         run_variants(variants, experiment.problem, settings, budget,
                      on_result=lambda e, exp=experiment: _add(exp, e) or write())
     first = next(iter(experiments.values()))
-    done = first.by_name()
+    if first.results:
+        compare_blocks(first, settings, budget, analysis, write)
+    return write()
+
+
+def compare_blocks(experiment: Experiment, settings: Settings, budget: Budget, analysis: Analysis, write) -> None:
+    """Trajectory pairs after training, then every configuration on the float64-trained weights, then block by
+    block; each part only while the budget lasts."""
+    done = experiment.by_name()
+    x, target = divergence.torch_layout(experiment.problem)
+    analysis.kinds = divergence.block_kinds(experiment.results[0].state_dict)
+    runs: dict[str, compare.Run] = {}
+
+    def run(result: Result) -> compare.Run:
+        if result.variant.name not in runs:
+            runs[result.variant.name] = divergence.run_variant(result.variant, result.state_dict, x, target,
+                                                               conv=settings.conv, device=settings.device)
+        return runs[result.variant.name]
+
     for ref, other in DIVERGENCE_PAIRS:
         if ref in done and other in done and not budget.exhausted():
-            print(f"divergence {other} vs {ref}", flush=True)
-            pairs.append(divergence.trained_divergence(done[ref], done[other], first.problem, conv=settings.conv,
-                                                       device=settings.device, tol=tolerance_for(done[other].variant)))
+            print(f"after training: {other} vs {ref} ({budget.elapsed():.0f} s)", flush=True)
+            a, b = done[ref], done[other]
+            analysis.trajectories.append(divergence.compare_pair(
+                run(a), run(b), analysis.kinds, tolerance_for(b.variant, settings.device), names=(ref, other),
+                weights=(a.state_dict, b.state_dict)))
+            analysis.agreement[(ref, other)] = loss_agreement(a, b)
             write()
-    candidates = [done[name].variant for name in BLOCK_CANDIDATES if name in done]
-    if "JAX f64" in done and candidates and not budget.exhausted():
-        print("block by block", flush=True)
-        blocks.extend(divergence.block_precision(done["JAX f64"].state_dict, first.problem, candidates,
-                                                 conv=settings.conv, device=settings.device))
-    return write()
+    f64 = done.get("JAX f64") or done.get("PyTorch f64")
+    if f64 is None or budget.exhausted():
+        return
+    candidates = [r.variant for r in experiment.results if r.variant.name != "PyTorch f64"
+                  and not (settings.device == "cpu" and r.variant.precision is not None
+                           and r.variant.batchnorm == "torch")]  # XLA's CPU convolutions ignore precision
+    reference = divergence.run_variant(divergence.F64, f64.state_dict, x, target, conv=settings.conv, device="cpu")
+    for v in candidates:
+        if budget.exhausted():
+            return
+        print(f"same weights: {v.name} ({budget.elapsed():.0f} s)", flush=True)
+        other = divergence.run_variant(v, f64.state_dict, x, target, conv=settings.conv, device=settings.device)
+        analysis.same_weights.append(divergence.compare_pair(
+            reference, other, analysis.kinds, tolerance_for(v, settings.device), names=("PyTorch f64", v.name)))
+        write()
+    if not budget.exhausted():
+        print(f"block by block ({budget.elapsed():.0f} s)", flush=True)
+        analysis.blocks = divergence.block_precision(f64.state_dict, experiment.problem,
+                                                     [v for v in candidates if v.dtype != "float64"],
+                                                     conv=settings.conv, device=settings.device)
 
 
 def _add(experiment: Experiment, entry) -> None:
@@ -112,34 +158,42 @@ def _add(experiment: Experiment, entry) -> None:
         experiment.skipped.append(entry)
 
 
-def render_precision(settings, budget, experiments, pairs, blocks) -> str:
+def render_precision(settings: Settings, budget: Budget, experiments: dict[str, Experiment],
+                     analysis: Analysis) -> str:
     parts = [header("V2V precision and backend study", settings, budget), "![loss curves](precision.png)\n"]
     for name, e in experiments.items():
         parts += [f"## {name.capitalize()} (all-zero-output loss {e.problem.zero_loss:.3e})\n",
                   report.results_table(e.results, e.skipped, settings.device, e.problem.zero_loss) + "\n"]
-    if pairs:
-        first = next(iter(experiments.values()))
-        kinds = divergence.block_types(first.results[0].state_dict)
-        parts.append(f"## Per-block divergence after {settings.steps} steps ({next(iter(experiments))})\n\n"
-                     "Each trained network runs under its own numerics on the fitted batch (train-mode BN), "
-                     "`parity_tests.compare` measures every block's output and its parameters' gradients "
-                     "against the reference's; 'weights' is how far the trained parameters have drifted apart. "
-                     "All max-relative. The first divergence uses the tolerance of the lower precision "
-                     "(parity_tests.compare.TOLERANCES).\n")
-        for pair in pairs:
-            results = experiments[next(iter(experiments))].by_name()
-            agreement = trajectory_agreement(results[pair.reference], results[pair.other])
-            parts.append(report.divergence_section(pair, kinds, settings.steps, agreement) + "\n")
-    if blocks:
-        parts += ["## Block by block at the trained float64 weights\n\n"
-                  "Every block alone, fed the input it sees in the float64 network (trained JAX f64 weights, "
-                  "fitted batch, train-mode BN): *forward / gradient* is the error the block itself adds in that "
-                  "configuration (its output; the worst of its input and parameter gradients for a uniform "
-                  "random MSE target), against PyTorch float64 on CPU. *gain* is, in float64, the relative "
-                  "output change over the relative input change for a 2⁻²⁴ relative input perturbation (how "
-                  "much the block amplifies an error it receives); *gain without skip* is the same for "
-                  "relu(branch(x)), the residual block with its skip path removed.\n",
-                  report.block_table(blocks) + "\n"]
+    first = next(iter(experiments), "")
+    if analysis.trajectories:
+        parts += [f"## Trajectories: pairs of configurations after {settings.steps} steps ({first})\n\n"
+                  "Each trained network runs under its own numerics on the fitted batch (train-mode BN); "
+                  "`parity_tests.compare` measures every block's output and its parameters' gradients against "
+                  "the reference's. *weights* is how far the trained parameters have drifted apart. All "
+                  f"max-relative; losses over the first {FIRST_STEPS} steps. The first block beyond tolerance "
+                  "uses the tolerance of the lower precision (`parity_tests.compare.TOLERANCES`).\n",
+                  report.pair_summary(analysis.trajectories, analysis.agreement) + "\n",
+                  report.per_block(analysis.trajectories, analysis.kinds, report.drift_and_forward,
+                                   "weights / forward") + "\n"]
+    if analysis.same_weights:
+        parts += ["## Same weights: where precision is lost along the network\n\n"
+                  "Every configuration runs the trained float64 weights (JAX f64 after "
+                  f"{settings.steps} steps) on the fitted batch, against PyTorch float64 on CPU: the error "
+                  "accumulated at each block's output (forward) and in its parameters' gradients. On CPU, "
+                  "'highest' precision is left out here and below: it computes exactly what the default does.\n",
+                  report.pair_summary_same(analysis.same_weights) + "\n",
+                  report.per_block(analysis.same_weights, analysis.kinds, report.forward_and_gradient,
+                                   "forward / gradient") + "\n"]
+    if analysis.blocks:
+        parts += ["## Block by block: the error each block adds, and how it passes errors on\n\n"
+                  "Every block alone, fed the input it sees in the float64 network (same weights and batch): "
+                  "*forward / gradient* is the error the block itself adds in that configuration (its output; the "
+                  "worst of its input and parameter gradients for a uniform random MSE target), against PyTorch "
+                  "float64 on CPU. *gain* is, in float64, the relative output change over the relative input "
+                  "change for a random 2⁻²⁴ relative input perturbation (how much the block amplifies an error "
+                  "it receives; max-relative); *gain without skip* is the same for relu(branch(x)), the residual "
+                  "block with its skip path removed.\n",
+                  report.block_table(analysis.blocks) + "\n"]
     return "\n".join(parts)
 
 

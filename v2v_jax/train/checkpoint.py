@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,9 @@ class Checkpointer:
         record = {**record, "sha256": digest(leaves), "num_leaves": len(leaves)}
         items = {f"{i:05d}": x for i, x in enumerate(leaves)}
         try:
+            # Orbax's writer threads wait (5 min) for a step directory it failed to create, delaying the exit of a
+            # process whose directory went read-only: find that out first.
+            os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=self.directory))
             self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(items),
                                                             record=ocp.args.JsonSave(record)),
                               metrics=metrics, force=True)
@@ -164,7 +168,6 @@ class Checkpointer:
             except CorruptCheckpointError as e:
                 moved = f"; moved it to {self._set_aside(step)}" if set_aside_corrupt else ""
                 log.warning("%s%s; falling back to an earlier checkpoint", e, moved)
-                print(f"WARNING: {e}{moved}; falling back to an earlier checkpoint", flush=True)
         return None
 
     def _set_aside(self, step: int) -> Path:
