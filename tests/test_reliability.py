@@ -11,11 +11,13 @@ import collections
 import contextlib
 import dataclasses
 import logging
+import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -26,7 +28,7 @@ from flax import nnx
 
 from v2v_jax.data import msra
 from v2v_jax.data.base import DataError
-from v2v_jax.data.loader import batches
+from v2v_jax.data.loader import BatchLoader, batches
 from v2v_jax.data.synth import write_msra_dataset
 from v2v_jax.model import Basic3DBlock
 from v2v_jax.train import run_dir as run_dir_lib
@@ -471,6 +473,32 @@ def test_bad_label_or_centre_file_is_always_an_error(clean_set, tmp_path, fault,
     root = faulty_copy(clean_set, tmp_path, inject)
     with pytest.raises(DataError, match=message):
         open_train(root, policy)
+
+
+def grandchildren() -> list[int]:
+    """Processes whose parent is a child of this one (data-loader workers, started by the forkserver)."""
+    parents = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
+            parents[int(status.parent.name)] = int(fields["PPid"])
+    children = {pid for pid, parent in parents.items() if parent == os.getpid()}
+    return [pid for pid, parent in parents.items() if parent in children]
+
+
+def test_loader_workers_leave_ctrl_c_and_sigterm_to_the_main_process(clean_set):
+    """A terminal's Ctrl-C and a scheduler's SIGTERM reach every process of the group. Workers must survive them, so
+    that the main process can finish its step and checkpoint (a dying worker once crashed it with EOFError)."""
+    loader = BatchLoader(open_train(clean_set, "error"), 4, num_workers=1)
+    epoch = loader.epoch(seed=0, epoch=0)
+    next(epoch)
+    workers = grandchildren()
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGINT)
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(1)
+    assert len(list(epoch)) == 3  # the rest of the epoch, from the same workers
 
 
 def test_empty_cube_check_matches_the_voxeliser(clean_set):

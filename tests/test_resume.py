@@ -173,26 +173,13 @@ def assert_fell_back(run: Run, corrupt_step: int) -> None:
     assert (run.out / "checkpoints_corrupt" / str(corrupt_step)).is_dir()
 
 
-def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint_and_refuses_a_second_run(synth_root, env, reference,
-                                                                                        tmp_path):
-    """Issue 6's resume test and issue 9 items 1 and 6 in one pass over a run:
-
-    - while the run holds its directory (stopped with SIGSTOP, so it cannot finish meanwhile), a second run on the
-      same --out is refused with a message naming the holder's pid;
-    - SIGKILL once step 7 is logged (checkpoints 2, 4, 5, 6 are on disk); flip bytes in the newest checkpoint;
-    - --resume warns, moves the corrupt checkpoint aside, resumes from an earlier one, and the run ends with the
-      same parameters as the uninterrupted run, bit for bit.
-    """
+def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint(synth_root, env, reference, tmp_path):
+    """Issue 6's resume test and issue 9 item 1 in one pass: SIGKILL once step 7 is logged (checkpoints 2, 4, 5, 6
+    are on disk, the last maybe still being written); flip bytes in the newest checkpoint; --resume warns, moves it
+    aside, resumes from an earlier one, and the run ends with the same parameters as the uninterrupted run, bit for
+    bit."""
     out = tmp_path / "run"
     run = Run(train_args(synth_root, out), env, out, "killed")
-    run.wait_for_step(3)
-    run.proc.send_signal(signal.SIGSTOP)
-    try:
-        second = Run(train_args(synth_root, out), env, out, "second")
-        assert second.finish() == 2, second.output[-3000:]
-        assert f"another run (pid {run.proc.pid}) is writing to this directory" in second.output
-    finally:
-        run.proc.send_signal(signal.SIGCONT)
     run.wait_for_step(7)
     run.kill()
     assert run.proc.returncode == -signal.SIGKILL
@@ -301,22 +288,35 @@ def resume_command(run: Run, signal_name: str) -> list[str]:
     return [sys.executable, *shlex.split(found.group(3))]
 
 
+def assert_second_run_refused(run: Run, synth_root: Path, env: dict) -> None:
+    """Issue 9 item 6: while `run` holds its directory (stopped with SIGSTOP, so that it cannot finish meanwhile), a
+    second run on the same --out is refused with a message naming the holder's pid."""
+    run.proc.send_signal(signal.SIGSTOP)
+    try:
+        second = Run(train_args(synth_root, run.out), env, run.out, "second")
+        assert second.finish() == 2, second.output[-3000:]
+        assert f"another run (pid {run.proc.pid}) is writing to this directory" in second.output
+    finally:
+        run.proc.send_signal(signal.SIGCONT)
+
+
 @pytest.mark.slow
 def test_sigint_and_sigterm_save_a_checkpoint_and_say_how_to_resume(synth_root, env, reference, tmp_path):
-    """Issue 9 item 2. Ctrl-C as a terminal sends it (SIGINT to the whole process group, data-loader workers
-    included), then SIGTERM as a scheduler sends it (to the process): each time the run saves a checkpoint, exits
-    with 130 / 143 and prints the command that resumes it; running those commands ends bitwise equal to the
-    uninterrupted run."""
+    """Issue 9 item 2. Ctrl-C as a terminal sends it, then SIGTERM as a scheduler sends it: each to the whole process
+    group, data-loader worker included. Each time the run saves a checkpoint, exits with 130 / 143 and prints the
+    command that resumes it; running those commands ends bitwise equal to the uninterrupted run. Before the
+    interruption, a second run on the same directory is refused (item 6)."""
     out = tmp_path / "run"
     run = Run(train_args(synth_root, out, "--num-workers", "1"), env, out, "sigint")
     run.wait_for_step(3)
+    assert_second_run_refused(run, synth_root, env)
     os.killpg(run.proc.pid, signal.SIGINT)
     assert run.finish() == 130, run.output[-3000:]
     command = resume_command(run, "SIGINT")
 
     run = Run(command, env, out, "sigterm")
     run.wait_for_step(start_step(run) + 2)
-    run.proc.send_signal(signal.SIGTERM)
+    os.killpg(run.proc.pid, signal.SIGTERM)
     assert run.finish() == 143, run.output[-3000:]
     run_to_end(resume_command(run, "SIGTERM"), env, out, "final")
     assert_same_parameters(out, reference.checkpoint())

@@ -1,8 +1,8 @@
 """The precision study at CPU size (issue 7): what must hold whatever the numerics.
 
 Sizes are the study's CPU defaults (grid 24, width 8, wrist + fingertips, RMSprop lr 1e-3), so these runs are the
-first steps of `python -m v2v_jax.studies precision`. Two XLA compilations (float64 and the final-ReLU float32
-model) dominate the runtime.
+first steps of `python -m v2v_jax.studies precision`; the final-ReLU check needs V2V's own 88^3 grid. Two XLA
+compilations (float64 at 24^3, float32 with a final ReLU at 88^3) dominate the runtime.
 """
 
 from __future__ import annotations
@@ -31,12 +31,13 @@ def init(problem):
     return overfit.initial_state_dict("original", WIDTH, problem.num_joints)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module")  # ~25 s: a compilation and 300 steps
 def jax_f64(problem, init):
     return overfit.train(overfit.Variant("JAX f64", dtype="float64"), problem, init, steps=OVERFIT_STEPS, lr=LR,
                          conv="auto", device="cpu")
 
 
+@pytest.mark.slow
 def test_float64_trajectories_agree_across_frameworks(problem, init, jax_f64):
     torch_f64 = overfit.train(overfit.Variant("PyTorch f64", "torch", "float64"), problem, init,
                               steps=PARITY_STEPS, lr=LR, conv="auto", device="cpu")
@@ -47,6 +48,7 @@ def test_float64_trajectories_agree_across_frameworks(problem, init, jax_f64):
     np.testing.assert_allclose(jax_f64.losses[:PARITY_STEPS + 1], torch_f64.losses, rtol=1e-8, atol=0)
 
 
+@pytest.mark.slow
 def test_one_sample_overfits(jax_f64, problem):
     # RMSprop at a constant lr jitters near the minimum (the loss bounces by up to ~4x), so the claim is that the
     # loss reaches 1/100 of its initial value within the run, not that it ends there.
@@ -56,12 +58,17 @@ def test_one_sample_overfits(jax_f64, problem):
     assert dead_output_warning(list(jax_f64.losses), problem.zero_loss) is None
 
 
-def test_final_relu_plateaus_at_zero_output_loss_and_is_flagged(problem, init):
+@pytest.mark.slow  # ~40 s: a compilation and 6 steps at 88^3
+def test_final_relu_plateaus_at_zero_output_loss_and_is_flagged():
+    # At V2V's own grid the all-zero output is nearly right everywhere (mean target 9e-4 per voxel, below the
+    # initial outputs' ~1e-3): after one step every output is negative before the ReLU, so outputs and gradients are
+    # 0 and the loss stays at mean(H^2) exactly. At 24^3 or 48^3 (mean target 0.045 / 0.0056) the same network fits.
+    problem = overfit.make_problem(1, 88, "tips")
+    init = overfit.initial_state_dict("original", 4, problem.num_joints)
     variant = overfit.Variant("final ReLU", final_relu=True)
-    result = overfit.train(variant, problem, init, steps=40, lr=LR, conv="auto", device="cpu")
-    # Within a few steps every output is negative before the ReLU: outputs 0, gradients 0, loss = mean(H^2).
-    assert result.losses[-1] == pytest.approx(problem.zero_loss, rel=1e-3)
-    assert result.steps_to(10) is None
+    result = overfit.train(variant, problem, init, steps=6, lr=LR, conv="auto", device="cpu")
+    assert problem.zero_loss == pytest.approx(3.21e-4, rel=0.01)  # SPEC §4
+    np.testing.assert_allclose(result.losses[2:], problem.zero_loss, rtol=1e-6)
     assert dead_output_warning(list(result.losses), problem.zero_loss) is not None
 
 

@@ -148,21 +148,8 @@ def _depth_folded_kernel_grad(x, g, k, padding, precision):
     xp = _pad_spatial(x, padding)
     shifts = [xp[:, :, b:b + h, c:c + w] for b in range(k) for c in range(k)]
     cols = jnp.concatenate([jnp.pad(g, [(0, 0), (a, k - 1 - a), (0, 0), (0, 0), (0, 0)]) for a in range(k)], axis=-1)
-    if cin == 1:  # one GEMM against the k^2 shifted single channels stacked in front
-        dk = jnp.einsum("tndhw,ndhws->ts", jnp.stack([s[..., 0] for s in shifts]), cols, precision=precision)
-    else:
-        import os
-        mode = os.environ.get("DWMODE", "dots")
-        if mode == "dots":
-            dk = jnp.concatenate([jnp.einsum("ndhwi,ndhws->is", s, cols, precision=precision) for s in shifts])
-        elif mode == "dotsT":
-            colsT = cols.reshape(-1, cols.shape[-1]).T
-            dk = jnp.concatenate([jnp.einsum("sr,ri->si", colsT, s.reshape(-1, cin), precision=precision) for s in shifts], 1).T
-        elif mode == "stack0":
-            dk = jnp.einsum("tndhwi,ndhws->tis", jnp.stack(shifts), cols, precision=precision).reshape(k * k * cin, -1)
-        elif mode == "stackT":
-            st = jnp.stack(shifts, axis=-2)  # (n,d,h,w,t,i)
-            dk = jnp.einsum("ndhwti,ndhws->tis", st, cols, precision=precision).reshape(k * k * cin, -1)
+    # The shifts stacked in front: XLA's CPU backend concatenates them along the channels much more slowly.
+    dk = jnp.einsum("tndhwi,ndhws->tis", jnp.stack(shifts), cols, precision=precision)
     return dk.reshape(k, k, cin, k, cout).transpose(3, 0, 1, 2, 4)
 
 

@@ -13,6 +13,7 @@ threads and forking a threaded process can deadlock; as a forkserver start re-im
 from __future__ import annotations
 
 import hashlib
+import signal
 
 import numpy as np
 import torch
@@ -77,6 +78,14 @@ def _to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {key: torch.from_numpy(value) for key, value in batch.items()}
 
 
+def _leave_signals_to_the_main_process(_worker_id: int) -> None:
+    """Workers ignore SIGINT and SIGTERM: a terminal's Ctrl-C or a scheduler's SIGTERM reaches the whole process
+    group, and a worker dying mid-batch would crash the main process before it can checkpoint and stop. The main
+    process shuts its workers down; they also exit if it dies."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+
+
 class BatchLoader:
     """Batches of one data set, epoch after epoch, with worker processes kept alive between epochs.
 
@@ -87,8 +96,8 @@ class BatchLoader:
                  num_workers: int = 0, prefetch_factor: int = 2, mp_context: str = "forkserver"):
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
         self._plan = _EpochPlan()
-        workers = dict(multiprocessing_context=mp_context, prefetch_factor=prefetch_factor,
-                       persistent_workers=True) if num_workers else {}
+        workers = dict(multiprocessing_context=mp_context, prefetch_factor=prefetch_factor, persistent_workers=True,
+                       worker_init_fn=_leave_signals_to_the_main_process) if num_workers else {}
         self._loader = torch.utils.data.DataLoader(_BatchReader(dataset), batch_size=None, sampler=self._plan,
                                                    num_workers=num_workers, collate_fn=_to_tensors, **workers)
 

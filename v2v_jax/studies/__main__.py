@@ -36,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--conv", choices=("auto",) + CONV_IMPLS, help="JAX convolution formulation (default auto)")
     p.add_argument("--seed", type=int)
     p.add_argument("--budget-s", type=float, help="start no new configuration after this many seconds "
-                                                  "(gpu default 80; the report lists what was skipped)")
+                                                  "(gpu default 75; the report lists what was skipped)")
     p.add_argument("--out", type=Path, help="output directory (default docs/studies)")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("study", "device") and v is not None}

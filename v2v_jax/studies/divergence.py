@@ -3,9 +3,9 @@
 - `compare_pair`: two runs (`run_variant`: weights under a variant's numerics on the fitted batch), block by
   block: forward outputs and parameter gradients (`compare.compare_runs`), and for two trained variants how far
   their weights have drifted apart (`compare.layer_errors`).
-- `block_precision`: every block alone, fed the float64 reference's input of that block: the error the block
-  itself adds in a lower precision (local error), and in float64 how much it amplifies a small input error
-  (gain); for residual blocks also the gain of the same block without its skip path.
+- `block_reference` and `local_errors`: every block alone, fed the float64 network's input of that block: the
+  error the block itself adds in a lower precision (local error), and in float64 how much it amplifies a small
+  input error (gain); for residual blocks also the gain of the same block without its skip path.
 """
 
 from __future__ import annotations
@@ -96,12 +96,20 @@ def _numpy(state_dict) -> dict[str, np.ndarray]:
 
 
 @dataclasses.dataclass
-class BlockPrecision:
-    path: str
-    kind: str
-    gain: float                  # float64: output error / input error for a 2^-24 relative input perturbation
-    gain_without_skip: float | None  # Res blocks: the same for relu(branch(x)), the block without its skip path
-    local: dict[str, tuple[float, float]]  # variant name -> (forward, parameter-gradient) relative error
+class BlockReference:
+    """Every leaf block (Basic, Res, Upsample; pooling is exact) of float64 weights, fed its input in the float64
+    network on the fitted batch: the block, its input, its float64 run (MSE against a uniform random target) and
+    its gains (output error / input error for a 2^-24 relative input perturbation, float64; for Res blocks also
+    of relu(branch(x)), the block without its skip path)."""
+
+    state_dict: dict
+    kinds: dict[str, str]
+    blocks: dict[str, torch.nn.Module]
+    inputs: dict[str, np.ndarray]
+    runs: dict[str, compare.Run]
+    targets: dict[str, np.ndarray]
+    gain: dict[str, float]
+    gain_without_skip: dict[str, float]
 
 
 def block_inputs(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -130,6 +138,22 @@ def gain(fn, x: torch.Tensor, seed: int = 0) -> float:
     return compare.rel_error(yp, y) / compare.rel_error(xp, x)
 
 
+def block_reference(state_dict, problem: Problem) -> BlockReference:
+    reference = torch_model(F64, state_dict, "cpu")
+    x, _ = torch_layout(problem)
+    inputs = block_inputs(reference, torch.from_numpy(x))
+    kinds = block_kinds(state_dict)
+    ref = BlockReference(state_dict, {p: kinds[p] for p in inputs}, {}, {}, {}, {}, {}, {})
+    for path, block_input in inputs.items():
+        block = copy.deepcopy(reference.get_submodule(path)).train()
+        ref.blocks[path], ref.inputs[path] = block, block_input.numpy()
+        ref.runs[path], ref.targets[path] = compare.run_torch(block, ref.inputs[path], None, train=True)
+        ref.gain[path] = gain(block, block_input)
+        if kinds[path] == "Res3DBlock":
+            ref.gain_without_skip[path] = gain(lambda z, b=block: torch.relu(b.res_branch(z)), block_input)
+    return ref
+
+
 def submodule(model: nnx.Module, path: str) -> nnx.Module:
     """The NNX block at a torch module path such as 'encoder_decoder.skip_res1' or 'front_layers.2'."""
     for part in path.split("."):
@@ -137,50 +161,24 @@ def submodule(model: nnx.Module, path: str) -> nnx.Module:
     return model
 
 
-def _local_error(reference: compare.Run, candidate: compare.Run) -> tuple[float, float]:
-    """(forward, gradient) relative error of a lone block: its output, and the worst of its input gradient and
-    its parameters' gradients."""
-    rows = compare.compare_runs(reference, candidate, train=True, tol=np.inf)
-    grads = [r.grad_rel for r in (rows[0], rows[-1]) if r.grad_rel is not None]
-    return rows[-1].fwd_rel, max(grads)
-
-
-def block_precision(state_dict, problem: Problem, candidates: list[Variant], *, conv: str,
-                    device: str) -> list[BlockPrecision]:
-    """Every leaf block (Basic, Res, Upsample; pooling is exact) of the weights on the fitted batch."""
-    reference = torch_model(F64, state_dict, "cpu")
-    x, _ = torch_layout(problem)
-    inputs = block_inputs(reference, torch.from_numpy(x))
-    kinds = block_kinds(state_dict)
-    models: dict[str, object] = {}
-
-    def candidate_block(variant: Variant, path: str):
-        if variant.name not in models:
-            if variant.framework == "torch":
-                models[variant.name] = torch_model(variant, state_dict, "cuda" if device == "gpu" else "cpu")
-            else:
-                with jax.default_device(jax_device(device)):
-                    models[variant.name] = jax_model(variant, state_dict, conv)
-        model = models[variant.name]
-        return model.get_submodule(path) if variant.framework == "torch" else submodule(model, path)
-
-    out = []
-    for path, block_input in inputs.items():
-        ref_block = copy.deepcopy(reference.get_submodule(path)).train()
-        without_skip = None
-        if kinds[path] == "Res3DBlock":
-            without_skip = gain(lambda z: torch.relu(ref_block.res_branch(z)), block_input)
-        xb = block_input.numpy()
-        ref_run, target = compare.run_torch(ref_block, xb, None, train=True)
-        local = {}
-        for variant in candidates:
-            block = candidate_block(variant, path)
-            if variant.framework == "torch":
-                with torch_backend(variant):
-                    run, _ = compare.run_torch(block, xb, target, train=True, memory_format=memory_format(variant))
-            else:
-                with jax.default_device(jax_device(device)):
-                    run = compare.run_jax(compare.with_torch_weights(block, ref_block), xb, target, train=True)
-            local[variant.name] = _local_error(ref_run, run)
-        out.append(BlockPrecision(path, kinds[path], gain(ref_block, block_input), without_skip, local))
+def local_errors(ref: BlockReference, variant: Variant, *, conv: str, device: str) -> dict[str, tuple[float, float]]:
+    """Block -> (forward, gradient) error the block adds under the variant's numerics: its output, and the worst
+    of its input gradient and its parameters' gradients, against float64 on the same input."""
+    out = {}
+    if variant.framework == "torch":
+        model = torch_model(variant, ref.state_dict, "cuda" if device == "gpu" else "cpu")
+    else:
+        with jax.default_device(jax_device(device)):
+            model = jax_model(variant, ref.state_dict, conv)
+    for path, x in ref.inputs.items():
+        if variant.framework == "torch":
+            with torch_backend(variant):
+                run, _ = compare.run_torch(model.get_submodule(path), x, ref.targets[path], train=True,
+                                           memory_format=memory_format(variant))
+        else:
+            with jax.default_device(jax_device(device)):
+                block = compare.with_torch_weights(submodule(model, path), ref.blocks[path])
+                run = compare.run_jax(block, x, ref.targets[path], train=True)
+        rows = compare.compare_runs(ref.runs[path], run, train=True, tol=np.inf)
+        out[path] = rows[-1].fwd_rel, max(r.grad_rel for r in (rows[0], rows[-1]) if r.grad_rel is not None)
     return out

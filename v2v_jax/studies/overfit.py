@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import time
 
 import jax
@@ -129,6 +130,7 @@ class Result:
     error_voxels: float
     state_dict: dict[str, torch.Tensor]  # trained weights and BN statistics (float64 copies)
     seconds_per_step: float
+    batchnorm_ops: str = ""  # PyTorch on CUDA: the BatchNorm operators and kernels a training step launches
 
     def steps_to(self, factor: float) -> int | None:
         """The first step after which the loss is at most initial / factor (None: never)."""
@@ -190,6 +192,13 @@ def jax_device(device: str):
         return jax.devices(device)[0]
     except RuntimeError as e:
         raise RuntimeError(f"JAX sees no {device} device ({e})") from e
+
+
+def jax_has(device: str) -> bool:
+    try:
+        return bool(jax.devices(device))
+    except RuntimeError:
+        return False
 
 
 def train_jax(variant: Variant, problem: Problem, init: dict, *, steps: int, lr: float, conv: str,
@@ -273,7 +282,24 @@ def train_torch(variant: Variant, problem: Problem, init: dict, *, steps: int, l
             losses.append(torch.nn.functional.mse_loss(final, heatmaps))
         losses = np.array([float(x) for x in losses], np.float64)
         final = np.moveaxis(final.float().cpu().numpy(), 1, -1)
-    return Result(variant, losses, mean_error_voxels(final, problem.coords), weights, per_step)
+        ops = batchnorm_ops(model, voxels, heatmaps) if device == "cuda" else ""
+    return Result(variant, losses, mean_error_voxels(final, problem.coords), weights, per_step, ops)
+
+
+def batchnorm_ops(model: torch.nn.Module, voxels: torch.Tensor, heatmaps: torch.Tensor) -> str:
+    """The distinct BatchNorm operators (aten::cudnn_batch_norm or aten::native_batch_norm, ...) and CUDA kernels
+    of one training forward and backward pass, which tell cuDNN's persistent mode from its plain one."""
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    try:
+        with torch.profiler.profile(activities=activities) as prof:
+            torch.nn.functional.mse_loss(model(voxels), heatmaps).backward()
+            torch.cuda.synchronize()
+        names = {e.key for e in prof.key_averages()}
+    except Exception as e:  # noqa: BLE001 - a missing profiler must not lose the study's results
+        return f"profiler failed ({type(e).__name__}: {e})"
+    finally:
+        model.zero_grad(set_to_none=True)
+    return "; ".join(sorted({n[:80] for n in names if re.search(r"batch_?norm|\bbn_", n, re.IGNORECASE)}))
 
 
 def _float64(state_dict) -> dict[str, torch.Tensor]:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import traceback
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from v2v_jax.studies.overfit import Problem, Result, Variant, initial_state_dict, train
+from v2v_jax.studies.overfit import Problem, Result, Variant, initial_state_dict, jax_has, train
 
 AUTHORS_LR = 2.5e-4
 
@@ -37,7 +38,7 @@ class Settings:
 # starting new configurations in time to write the report.
 DEFAULTS = {
     "cpu": Settings(),
-    "gpu": Settings(device="gpu", steps=300, grid=32, width=16, samples=(1,), budget_s=80.0),
+    "gpu": Settings(device="gpu", steps=300, grid=32, width=16, samples=(1,), budget_s=75.0),
 }
 
 
@@ -47,18 +48,19 @@ CPU_BATCH_VARIANTS = ("JAX f32", "JAX f64", "PyTorch f32")
 
 def precision_variants(device: str, num_samples: int) -> tuple[list[Variant], list[tuple[Variant, str]]]:
     """(variants to run, [(variant, why it is skipped)]) of the precision study for this device and batch."""
+    # In order of interest, so that a GPU run cut short by its budget has the main answers.
     variants = [
-        Variant("PyTorch f32", "torch"),
-        Variant("PyTorch f64", "torch", "float64"),
         Variant("PyTorch f32 TF32 (torch default)", "torch", tf32=True, needs_cuda=True),
         Variant("PyTorch f32 channels_last_3d", "torch", channels_last=True, needs_cuda=True),
-        Variant("PyTorch f32 TF32 channels_last_3d", "torch", tf32=True, channels_last=True, needs_cuda=True),
         Variant("PyTorch f32 no cuDNN", "torch", cudnn=False, needs_cuda=True),
-        Variant("PyTorch f32 no cuDNN channels_last_3d", "torch", cudnn=False, channels_last=True, needs_cuda=True),
-        Variant("PyTorch f64 channels_last_3d", "torch", "float64", channels_last=True, needs_cuda=True),
+        Variant("PyTorch f32", "torch"),
+        Variant("PyTorch f64", "torch", "float64"),
         Variant("JAX f32"),
         Variant("JAX f32 highest", precision="highest"),
         Variant("JAX f64", dtype="float64"),
+        Variant("PyTorch f32 TF32 channels_last_3d", "torch", tf32=True, channels_last=True, needs_cuda=True),
+        Variant("PyTorch f32 no cuDNN channels_last_3d", "torch", cudnn=False, channels_last=True, needs_cuda=True),
+        Variant("PyTorch f64 channels_last_3d", "torch", "float64", channels_last=True, needs_cuda=True),
         Variant("JAX bf16", dtype="bfloat16"),
         Variant("JAX f32 highest one-pass BN", batchnorm="flax", precision="highest"),
     ]
@@ -115,15 +117,31 @@ def run_variants(variants: list[Variant], problem: Problem, settings: Settings, 
     for v in variants:
         if v.framework == "torch" and settings.device == "gpu" and not torch.cuda.is_available():
             entry = (v, "PyTorch sees no CUDA device")
+        elif v.framework == "jax" and not jax_has(settings.device):
+            entry = (v, f"JAX sees no {settings.device} device")
         elif budget.exhausted():
             entry = (v, f"time budget of {settings.budget_s:g} s spent")
         else:
             if v.init not in inits:
                 inits[v.init] = initial_state_dict(v.init, settings.width, problem.num_joints, settings.seed)
-            entry = train(v, problem, inits[v.init], steps=settings.steps, lr=settings.lr, conv=settings.conv,
-                          device=settings.device)
+            entry = _train(v, problem, inits[v.init], settings)
+        if isinstance(entry, Result):
+            results.append(entry)
             print(f"  {v.name}: loss {entry.losses[0]:.3e} -> {entry.losses[-1]:.3e}, "
                   f"{entry.seconds_per_step * 1e3:.0f} ms/step ({budget.elapsed():.0f} s)", flush=True)
-        (results if isinstance(entry, Result) else skipped).append(entry)
+        else:
+            skipped.append(entry)
+            print(f"  {v.name}: {entry[1]}", flush=True)
         on_result(entry)
     return results, skipped
+
+
+def _train(v: Variant, problem: Problem, init: dict, settings: Settings) -> Result | tuple[Variant, str]:
+    """One variant; a configuration the backend cannot run is reported, and the study goes on."""
+    try:
+        return train(v, problem, init, steps=settings.steps, lr=settings.lr, conv=settings.conv,
+                     device=settings.device)
+    except Exception as e:  # noqa: BLE001 - e.g. an operator without a kernel for this dtype or memory format
+        traceback.print_exc()
+        return v, f"failed: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+

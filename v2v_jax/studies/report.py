@@ -11,7 +11,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from parity_tests.compare import INPUT, OUTPUT, Row
-from v2v_jax.studies.divergence import BlockPrecision, Pair
+from v2v_jax.studies.divergence import BlockReference, Pair
 from v2v_jax.studies.overfit import Result, Variant
 
 
@@ -36,42 +36,52 @@ def results_table(results: list[Result], skipped: list[tuple[Variant, str]], dev
                   checks: dict[str, str] | None = None) -> str:
     """One row per variant: the loss after N steps, how fast it fell, the final joint error."""
     check_col = checks is not None
-    head = ("| configuration | numerics | initial loss (× zero-output) | loss after N | fell | steps to 1/10 "
-            "| steps to 1/100 | mean error (voxels) | ms/step |" + (" dead-output check |" if check_col else ""))
+    ops_col = any(r.batchnorm_ops for r in results)
+    head = ("| configuration | numerics | initial loss (× zero-output) | loss after N | fell | lowest | steps to "
+            "1/10 | steps to 1/100 | mean error (voxels) | ms/step |" + (" dead-output check |" if check_col else "")
+            + (" BatchNorm operators and kernels |" if ops_col else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         fell = r.losses[0] / r.losses[-1] if np.isfinite(r.losses[-1]) and r.losses[-1] > 0 else math.nan
         final = f"diverged at step {r.diverged_at}" if r.diverged_at is not None else _num(r.losses[-1])
         row = (f"| {r.variant.name} | {describe(r.variant, device)} | {r.losses[0]:.3e} "
-               f"({r.losses[0] / zero_loss:.3f}) | {final} | {_num(fell, '.0f')}× | {_num(r.steps_to(10), 'd')} "
+               f"({r.losses[0] / zero_loss:.3f}) | {final} | {_num(fell, '.0f')}× | {_num(np.nanmin(r.losses))} "
+               f"| {_num(r.steps_to(10), 'd')} "
                f"| {_num(r.steps_to(100), 'd')} | {r.error_voxels:.2f} | {r.seconds_per_step * 1e3:.0f} |")
         if check_col:
             row += f" {checks.get(r.variant.name) or 'passes'} |"
+        if ops_col:
+            row += f" {r.batchnorm_ops or '–'} |"
         lines.append(row)
     for v, why in skipped:
-        lines.append(f"| {v.name} | {describe(v, device)} | skipped: {why} |" + " |" * (7 + check_col))
+        lines.append(f"| {v.name} | {describe(v, device)} | skipped: {why} |" + " |" * (8 + check_col + ops_col))
     return "\n".join(lines)
 
 
 def plot_curves(path: Path, experiments: dict[str, tuple[list[Result], float]], title: str) -> None:
-    """One panel per experiment: every variant's loss (log scale), the zero-output loss, 1/10 and 1/100 of the
-    initial loss."""
-    fig = Figure(figsize=(6.5 * len(experiments), 5.2))
+    """One panel per experiment: every variant's loss (log scale; JAX solid, PyTorch dashed), the all-zero-output
+    loss, and 1/10 and 1/100 of the initial loss; one legend below the panels."""
+    fig = Figure(figsize=(6 * len(experiments), 5.5))
     axes = fig.subplots(1, len(experiments), squeeze=False)[0]
+    names = list(dict.fromkeys(r.variant.name for results, _ in experiments.values() for r in results))
+    colors = {name: f"C{i % 10}" for i, name in enumerate(names)}
+    handles = {}
     for ax, (name, (results, zero)) in zip(axes, experiments.items()):
-        for i, r in enumerate(results):
+        for r in results:
             style = "-" if r.variant.framework == "jax" else "--"
-            ax.semilogy(np.arange(len(r.losses)), r.losses, style, lw=1.3, label=r.variant.name,
-                        color=f"C{i % 10}")
-        ax.axhline(zero, color="k", lw=0.8, ls=":", label="all-zero output")
+            handles[r.variant.name], = ax.semilogy(np.arange(len(r.losses)), r.losses, style, lw=1.2,
+                                                   color=colors[r.variant.name], label=r.variant.name)
+        handles["all-zero output"] = ax.axhline(zero, color="k", lw=0.8, ls=":", label="all-zero output")
         if results:
             initial = results[0].losses[0]
             for factor in (10, 100):
                 ax.axhline(initial / factor, color="gray", lw=0.6, ls="-.")
-                ax.annotate(f"1/{factor}", (0, initial / factor), color="gray", fontsize=8, va="bottom")
+                ax.annotate(f"1/{factor}", (1, initial / factor), xycoords=("axes fraction", "data"), ha="right",
+                            va="bottom", color="gray", fontsize=8)
         ax.set(xlabel="step", ylabel="heatmap MSE (log)", title=name)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="lower left")
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=3, fontsize=8, frameon=False,
+               bbox_to_anchor=(0.5, -0.02 - 0.035 * math.ceil(len(handles) / 3)))
     fig.suptitle(title, fontsize=10)
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
@@ -124,14 +134,14 @@ def forward_and_gradient(_pair: Pair, row: Row) -> str:
     return f"{_num(row.fwd_rel, '.1e')} / {_num(row.grad_rel, '.1e')}"
 
 
-def block_table(blocks: list[BlockPrecision]) -> str:
-    names = list(blocks[0].local) if blocks else []
+def block_table(ref: BlockReference, local: dict[str, dict[str, tuple[float, float]]]) -> str:
+    """Leaf blocks down: the float64 gains, then the local forward / gradient error of each configuration."""
     head = ("| block | kind | gain (f64) | gain without skip | "
-            + " | ".join(f"{n}: forward / gradient" for n in names) + " |")
-    lines = [head, "|" + "---|" * (4 + len(names))]
-    for b in blocks:
-        cells = [f"{f:.1e} / {g:.1e}" for f, g in b.local.values()]
-        lines.append(f"| {b.path} | {b.kind} | {b.gain:.2f} | {_num(b.gain_without_skip, '.2f')} | "
+            + " | ".join(f"{name}: forward / gradient" for name in local) + " |")
+    lines = [head, "|" + "---|" * (4 + len(local))]
+    for path, kind in ref.kinds.items():
+        cells = [f"{errors[path][0]:.1e} / {errors[path][1]:.1e}" for errors in local.values()]
+        lines.append(f"| {path} | {kind} | {ref.gain[path]:.2f} | {_num(ref.gain_without_skip.get(path), '.2f')} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
 

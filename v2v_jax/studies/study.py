@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import platform
 
 import jax
 import numpy as np
@@ -12,12 +11,15 @@ import torch
 
 from parity_tests import compare
 from v2v_jax.studies import divergence, report
-from v2v_jax.studies.overfit import Problem, Result, Variant, make_problem
+from v2v_jax.studies.overfit import Problem, Result, Variant, jax_has, make_problem
 from v2v_jax.studies.plans import (DIVERGENCE_PAIRS, Budget, Settings, ablation_variants,
                                    precision_variants, run_variants)
 from v2v_jax.train.data import dead_output_warning
 
 FIRST_STEPS = 10  # trajectory agreement is reported over this many steps
+# A final ReLU kills the outputs only where the all-zero output is nearly right everywhere: at V2V's own 88^3 grid
+# (mean target 77.4 / 44^3 = 9e-4 per voxel, below the initial outputs' ~1e-3), not at 24^3 or 48^3 (measured).
+FULL_GRID, FULL_GRID_STEPS = 88, 20
 
 
 @dataclasses.dataclass
@@ -35,10 +37,11 @@ def label(num_samples: int) -> str:
 
 
 def machine(device: str) -> str:
-    if device == "gpu" and torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    kind = jax.devices(device)[0].device_kind if device == "gpu" else (platform.processor() or "cpu")
-    return f"{kind}, {torch.get_num_threads()} PyTorch threads"
+    """What ran the study: JAX's device kind and PyTorch's CUDA device or CPU threads."""
+    backend = "gpu" if device == "gpu" and jax_has("gpu") else "cpu"
+    torch_kind = (torch.cuda.get_device_name() if device == "gpu" and torch.cuda.is_available()
+                  else f"CPU with {torch.get_num_threads()} threads")
+    return f"JAX on {jax.devices(backend)[0].device_kind}, PyTorch on {torch_kind}"
 
 
 def header(title: str, settings: Settings, budget: Budget) -> str:
@@ -50,9 +53,9 @@ def header(title: str, settings: Settings, budget: Budget) -> str:
             f"JAX conv formulation '{settings.conv}'. Every configuration starts from the same weights "
             f"(converted with `v2v_jax.convert`). Run time {budget.elapsed():.0f} s.\n\n"
             "Columns: loss before the first step (and as a multiple of the all-zero-output loss), after the last "
-            "step, the fall between them, the first step at which the loss is at most 1/10 and 1/100 of the "
-            "initial loss (– never), the mean joint error of the final output's argmax in input voxels "
-            "(argmax alone leaves ~0.96), and the time per step (noisy on a shared machine).\n")
+            "step, the fall between them, the lowest loss of the run, the first step at which the loss is at most "
+            "1/10 and 1/100 of the initial loss (– never), the mean joint error of the final output's argmax in "
+            "input voxels (argmax alone leaves ~0.96), and the time per step (noisy on a shared machine).\n")
 
 
 def loss_agreement(a: Result, b: Result) -> tuple[float, float]:
@@ -74,8 +77,11 @@ class Analysis:
     kinds: dict[str, str] = dataclasses.field(default_factory=dict)
     trajectories: list[divergence.Pair] = dataclasses.field(default_factory=list)
     agreement: dict[tuple[str, str], tuple[float, float]] = dataclasses.field(default_factory=dict)
+    weights_from: str = ""  # the float64 configuration whose trained weights the same-weight analyses use
+    reference: compare.Run | None = None  # those weights in PyTorch float64 on CPU
     same_weights: list[divergence.Pair] = dataclasses.field(default_factory=list)
-    blocks: list[divergence.BlockPrecision] = dataclasses.field(default_factory=list)
+    block_ref: divergence.BlockReference | None = None
+    block_local: dict[str, dict[str, tuple[float, float]]] = dataclasses.field(default_factory=dict)
 
 
 def precision_study(settings: Settings) -> str:
@@ -86,32 +92,71 @@ def precision_study(settings: Settings) -> str:
 
     def write(_=None) -> str:
         text = render_precision(settings, budget, experiments, analysis)
-        report.write_text(settings.out / "report.md", text)
-        report.write_json(settings.out / "curves.json", {k: e.results for k, e in experiments.items()})
+        report.write_text(settings.out / "precision_report.md", text)
+        report.write_json(settings.out / "precision.json", {k: e.results for k, e in experiments.items()})
         report.plot_curves(settings.out / "precision.png",
                            {k: (e.results, e.problem.zero_loss) for k, e in experiments.items()},
                            f"V2V overfit, {settings.device.upper()}, {settings.grid}³, width {settings.width}, "
                            f"RMSprop lr {settings.lr:g}")
         return text
 
-    for n in settings.samples:
+    for i, n in enumerate(settings.samples):
         print(f"{label(n)}:", flush=True)
         experiment = experiments[label(n)] = Experiment(make_problem(n, settings.grid, settings.joints, settings.seed))
         variants, experiment.skipped = precision_variants(settings.device, n)
-        run_variants(variants, experiment.problem, settings, budget,
-                     on_result=lambda e, exp=experiment: _add(exp, e) or write())
+        for framework in ("torch", "jax"):  # PyTorch first: it compiles nothing, and holds the backend questions
+            run_variants([v for v in variants if v.framework == framework], experiment.problem, settings, budget,
+                         on_result=lambda e, exp=experiment: _add(exp, e) or write())
+            if i == 0:
+                same_weights_and_blocks(experiment, framework, settings, budget, analysis, write)
     first = next(iter(experiments.values()))
     if first.results:
-        compare_blocks(first, settings, budget, analysis, write)
+        trajectories(first, settings, budget, analysis, write)
     return write()
 
 
-def compare_blocks(experiment: Experiment, settings: Settings, budget: Budget, analysis: Analysis, write) -> None:
-    """Trajectory pairs after training, then every configuration on the float64-trained weights, then block by
-    block; each part only while the budget lasts."""
+def same_weights_and_blocks(experiment: Experiment, framework: str, settings: Settings, budget: Budget,
+                            analysis: Analysis, write) -> None:
+    """The configurations of one framework on the float64-trained weights: along the network, then block by
+    block, while the budget lasts."""
+    done = experiment.by_name()
+    if not analysis.weights_from:
+        f64 = done.get("PyTorch f64") or done.get("JAX f64")
+        if f64 is None:
+            return
+        analysis.weights_from = f64.variant.name
+    weights = done[analysis.weights_from].state_dict
+    x, target = divergence.torch_layout(experiment.problem)
+    if analysis.reference is None:
+        analysis.kinds = divergence.block_kinds(weights)
+        analysis.reference = divergence.run_variant(divergence.F64, weights, x, target, conv=settings.conv,
+                                                    device="cpu")
+        analysis.block_ref = divergence.block_reference(weights, experiment.problem)
+    candidates = [r.variant for r in experiment.results if r.variant.framework == framework
+                  and r.variant.name != analysis.weights_from and not redundant(r.variant, settings)]
+    for v in candidates:
+        if budget.exhausted():
+            return
+        print(f"same weights: {v.name} ({budget.elapsed():.0f} s)", flush=True)
+        other = divergence.run_variant(v, weights, x, target, conv=settings.conv, device=settings.device)
+        analysis.same_weights.append(divergence.compare_pair(
+            analysis.reference, other, analysis.kinds, tolerance_for(v, settings.device),
+            names=("PyTorch f64", v.name)))
+        write()
+    for v in candidates:
+        if budget.exhausted():
+            return
+        if v.dtype != "float64":
+            print(f"block by block: {v.name} ({budget.elapsed():.0f} s)", flush=True)
+            analysis.block_local[v.name] = divergence.local_errors(analysis.block_ref, v, conv=settings.conv,
+                                                                   device=settings.device)
+            write()
+
+
+def trajectories(experiment: Experiment, settings: Settings, budget: Budget, analysis: Analysis, write) -> None:
+    """DIVERGENCE_PAIRS after training: each network under its own numerics, block by block."""
     done = experiment.by_name()
     x, target = divergence.torch_layout(experiment.problem)
-    analysis.kinds = divergence.block_kinds(experiment.results[0].state_dict)
     runs: dict[str, compare.Run] = {}
 
     def run(result: Result) -> compare.Run:
@@ -124,31 +169,17 @@ def compare_blocks(experiment: Experiment, settings: Settings, budget: Budget, a
         if ref in done and other in done and not budget.exhausted():
             print(f"after training: {other} vs {ref} ({budget.elapsed():.0f} s)", flush=True)
             a, b = done[ref], done[other]
+            analysis.kinds = analysis.kinds or divergence.block_kinds(a.state_dict)
             analysis.trajectories.append(divergence.compare_pair(
                 run(a), run(b), analysis.kinds, tolerance_for(b.variant, settings.device), names=(ref, other),
                 weights=(a.state_dict, b.state_dict)))
             analysis.agreement[(ref, other)] = loss_agreement(a, b)
             write()
-    f64 = done.get("JAX f64") or done.get("PyTorch f64")
-    if f64 is None or budget.exhausted():
-        return
-    candidates = [r.variant for r in experiment.results if r.variant.name != "PyTorch f64"
-                  and not (settings.device == "cpu" and r.variant.precision is not None
-                           and r.variant.batchnorm == "torch")]  # XLA's CPU convolutions ignore precision
-    reference = divergence.run_variant(divergence.F64, f64.state_dict, x, target, conv=settings.conv, device="cpu")
-    for v in candidates:
-        if budget.exhausted():
-            return
-        print(f"same weights: {v.name} ({budget.elapsed():.0f} s)", flush=True)
-        other = divergence.run_variant(v, f64.state_dict, x, target, conv=settings.conv, device=settings.device)
-        analysis.same_weights.append(divergence.compare_pair(
-            reference, other, analysis.kinds, tolerance_for(v, settings.device), names=("PyTorch f64", v.name)))
-        write()
-    if not budget.exhausted():
-        print(f"block by block ({budget.elapsed():.0f} s)", flush=True)
-        analysis.blocks = divergence.block_precision(f64.state_dict, experiment.problem,
-                                                     [v for v in candidates if v.dtype != "float64"],
-                                                     conv=settings.conv, device=settings.device)
+
+
+def redundant(v: Variant, settings: Settings) -> bool:
+    """'highest' precision computes exactly what the default does on CPU (XLA's CPU convolutions ignore it)."""
+    return settings.device == "cpu" and v.precision is not None and v.batchnorm == "torch"
 
 
 def _add(experiment: Experiment, entry) -> None:
@@ -164,27 +195,17 @@ def render_precision(settings: Settings, budget: Budget, experiments: dict[str, 
     for name, e in experiments.items():
         parts += [f"## {name.capitalize()} (all-zero-output loss {e.problem.zero_loss:.3e})\n",
                   report.results_table(e.results, e.skipped, settings.device, e.problem.zero_loss) + "\n"]
-    first = next(iter(experiments), "")
-    if analysis.trajectories:
-        parts += [f"## Trajectories: pairs of configurations after {settings.steps} steps ({first})\n\n"
-                  "Each trained network runs under its own numerics on the fitted batch (train-mode BN); "
-                  "`parity_tests.compare` measures every block's output and its parameters' gradients against "
-                  "the reference's. *weights* is how far the trained parameters have drifted apart. All "
-                  f"max-relative; losses over the first {FIRST_STEPS} steps. The first block beyond tolerance "
-                  "uses the tolerance of the lower precision (`parity_tests.compare.TOLERANCES`).\n",
-                  report.pair_summary(analysis.trajectories, analysis.agreement) + "\n",
-                  report.per_block(analysis.trajectories, analysis.kinds, report.drift_and_forward,
-                                   "weights / forward") + "\n"]
     if analysis.same_weights:
         parts += ["## Same weights: where precision is lost along the network\n\n"
-                  "Every configuration runs the trained float64 weights (JAX f64 after "
-                  f"{settings.steps} steps) on the fitted batch, against PyTorch float64 on CPU: the error "
-                  "accumulated at each block's output (forward) and in its parameters' gradients. On CPU, "
-                  "'highest' precision is left out here and below: it computes exactly what the default does.\n",
+                  f"Every configuration runs the trained weights of {analysis.weights_from} (after "
+                  f"{settings.steps} steps, one sample) on the fitted batch, against PyTorch float64 on CPU: the "
+                  "error accumulated at each block's output (forward) and in its parameters' gradients "
+                  "(`parity_tests.compare`, max-relative). On CPU 'highest' precision is left out here and below: "
+                  "it computes exactly what the default does.\n",
                   report.pair_summary_same(analysis.same_weights) + "\n",
                   report.per_block(analysis.same_weights, analysis.kinds, report.forward_and_gradient,
                                    "forward / gradient") + "\n"]
-    if analysis.blocks:
+    if analysis.block_local:
         parts += ["## Block by block: the error each block adds, and how it passes errors on\n\n"
                   "Every block alone, fed the input it sees in the float64 network (same weights and batch): "
                   "*forward / gradient* is the error the block itself adds in that configuration (its output; the "
@@ -193,14 +214,26 @@ def render_precision(settings: Settings, budget: Budget, experiments: dict[str, 
                   "change for a random 2⁻²⁴ relative input perturbation (how much the block amplifies an error "
                   "it receives; max-relative); *gain without skip* is the same for relu(branch(x)), the residual "
                   "block with its skip path removed.\n",
-                  report.block_table(analysis.blocks) + "\n"]
+                  report.block_table(analysis.block_ref, analysis.block_local) + "\n"]
+    if analysis.trajectories:
+        parts += [f"## Trajectories: pairs of configurations after {settings.steps} steps (one sample)\n\n"
+                  "Each trained network runs under its own numerics on the fitted batch (train-mode BN); "
+                  "`parity_tests.compare` measures every block's output and its parameters' gradients against "
+                  "the reference's. *weights* is how far the trained parameters have drifted apart. All "
+                  f"max-relative; losses over the first {FIRST_STEPS} steps. The first block beyond tolerance "
+                  "uses the tolerance of the lower precision (`parity_tests.compare.TOLERANCES`).\n",
+                  report.pair_summary(analysis.trajectories, analysis.agreement) + "\n",
+                  report.per_block(analysis.trajectories, analysis.kinds, report.drift_and_forward,
+                                   "weights / forward") + "\n"]
     return "\n".join(parts)
 
 
 def ablation_study(settings: Settings) -> str:
+    """The ablation variants on each batch size, then the final ReLU against the baseline at the full 88³ grid."""
     budget = Budget(settings.budget_s)
     settings.out.mkdir(parents=True, exist_ok=True)
     experiments: dict[str, Experiment] = {}
+    grids: dict[str, int] = {}
 
     def write(_=None) -> str:
         parts = [header("V2V ablations: init, optimiser, final ReLU", settings, budget),
@@ -210,22 +243,28 @@ def ablation_study(settings: Settings) -> str:
         for name, e in experiments.items():
             checks = {r.variant.name: dead_output_warning(list(r.losses), e.problem.zero_loss) for r in e.results}
             parts += [f"## {name.capitalize()} (all-zero-output loss {e.problem.zero_loss:.3e}; "
-                      f"{zero_output_loss(settings.grid):.3e} for a joint away from the border)\n",
+                      f"{zero_output_loss(grids[name]):.3e} for a joint away from the border)\n",
                       report.results_table(e.results, e.skipped, settings.device, e.problem.zero_loss, checks)
                       + "\n"]
         text = "\n".join(parts)
-        report.write_text(settings.out / "ablations.md", text)
+        report.write_text(settings.out / "ablations_report.md", text)
         report.write_json(settings.out / "ablations.json", {k: e.results for k, e in experiments.items()})
         report.plot_curves(settings.out / "ablations.png",
                            {k: (e.results, e.problem.zero_loss) for k, e in experiments.items()},
-                           f"V2V ablations, {settings.device.upper()}, {settings.grid}³, width {settings.width}")
+                           f"V2V ablations, {settings.device.upper()}, width {settings.width}, JAX float32")
         return text
 
+    def experiment(name: str, variants: list[Variant], sized: Settings, n: int) -> None:
+        print(f"{name}:", flush=True)
+        grids[name] = sized.grid
+        e = experiments[name] = Experiment(make_problem(n, sized.grid, sized.joints, sized.seed))
+        run_variants(variants, e.problem, sized, budget, on_result=lambda entry: _add(e, entry) or write())
+
+    variants = ablation_variants(settings.lr)
     for n in settings.samples:
-        print(f"{label(n)}:", flush=True)
-        experiment = experiments[label(n)] = Experiment(make_problem(n, settings.grid, settings.joints, settings.seed))
-        run_variants(ablation_variants(settings.lr), experiment.problem, settings, budget,
-                     on_result=lambda e, exp=experiment: _add(exp, e) or write())
+        experiment(f"{label(n)}, {settings.grid}³", variants, settings, n)
+    full = dataclasses.replace(settings, grid=FULL_GRID, steps=min(settings.steps, FULL_GRID_STEPS))
+    experiment(f"one sample, {FULL_GRID}³, {full.steps} steps", [variants[0], variants[-1]], full, 1)
     return write()
 
 

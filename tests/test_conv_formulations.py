@@ -1,0 +1,92 @@
+"""Every convolution formulation in CONV_IMPLS against lax.conv_general_dilated, in float64: output, input gradient
+and kernel gradient; then the whole network with the CPU default against XLA's convolution.
+
+Tolerance (derived): each output or gradient entry is a sum of at most K products, K = k^3 * I for the forward and
+the input gradient (7^3 * 1 = 343 or 3^3 * 3 = 81 here) and K = batch * output positions (at most 2 * 9 * 10 * 11
+= 1,980) for the kernel gradient. Summation in another order differs by at most about K * eps * sum|terms|; with
+eps = 1.1e-16 and inputs of unit scale that is below 2e-13 of the largest entry, so 1e-12 relative to the largest
+entry of the reference leaves a margin of 5x while a wrong tap, shift or transpose shows up as an O(1) error.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from v2v_jax.layers import AUTO_CONV, CONV_IMPLS, Numerics, conv3d, resolve_conv
+from v2v_jax.model import V2VModel
+
+TOL = 1e-12
+# (batch, D, H, W, in channels, out channels, kernel, padding): V2V's k7 stem with one input channel, its k3 and
+# k1 convolutions, and paddings other than (k - 1) / 2, on non-cubic volumes so that a swapped axis cannot pass.
+CASES = [
+    (1, 9, 8, 10, 1, 3, 7, 3),
+    (2, 6, 7, 5, 3, 4, 3, 1),
+    (2, 5, 6, 4, 3, 2, 1, 0),
+    (1, 6, 5, 7, 2, 3, 3, 0),
+    (1, 4, 5, 6, 2, 2, 3, 2),
+]
+
+
+def relative_error(a, b) -> float:
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+def conv_with_grads(impl, x, kernel, padding, cotangent):
+    y, vjp = jax.vjp(lambda x, w: conv3d(x, w, padding, impl), x, kernel)
+    return (y, *vjp(cotangent))
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}_{}x{}x{}_i{}_o{}_k{}_p{}".format(*c))
+@pytest.mark.parametrize("impl", [i for i in CONV_IMPLS if i != "xla"])
+def test_formulation_matches_xla_convolution(impl, case):
+    n, d, h, w, cin, cout, k, padding = case
+    rng = np.random.default_rng(sum(case))
+    x = jnp.asarray(rng.standard_normal((n, d, h, w, cin)), jnp.float64)
+    kernel = jnp.asarray(rng.standard_normal((k, k, k, cin, cout)), jnp.float64)
+    out_shape = (n, *(s + 2 * padding - k + 1 for s in (d, h, w)), cout)
+    cotangent = jnp.asarray(rng.standard_normal(out_shape), jnp.float64)
+    expected = conv_with_grads("xla", x, kernel, padding, cotangent)
+    got = jax.jit(conv_with_grads, static_argnums=(0, 3))(impl, x, kernel, padding, cotangent)
+    for name, g, e in zip(("output", "input gradient", "kernel gradient"), got, expected):
+        assert g.shape == e.shape and g.dtype == jnp.float64, name
+        assert relative_error(g, e) <= TOL, f"{impl} {name}: {relative_error(g, e):.2e}"
+
+
+def test_auto_resolves_per_backend_to_a_known_formulation():
+    assert resolve_conv("auto") == AUTO_CONV.get(jax.default_backend(), "xla")
+    assert resolve_conv("auto") in CONV_IMPLS
+    assert resolve_conv("im2col") == "im2col"
+    assert Numerics().conv == "auto"
+    with pytest.raises(ValueError, match="Numerics.conv"):
+        Numerics(conv="winograd")
+
+
+def test_network_with_cpu_default_matches_xla_convolutions():
+    """V2V forward and parameter gradients, train-mode BN, float64: the CPU formulation vs XLA's convolution.
+
+    Through 29 convolutions and 30 BatchNorms in a row the rounding differences compound (SPEC 3 suggests 1e-10
+    per layer in float64), so this end-to-end check uses 1e-9."""
+    formulation = AUTO_CONV["cpu"]
+    x = jnp.asarray(np.random.default_rng(0).random((2, 16, 16, 16, 1)) < 0.2, jnp.float64)
+
+    def loss_and_grads(conv):
+        numerics = Numerics(dtype=jnp.float64, param_dtype=jnp.float64, conv=conv)
+        model = V2VModel(1, 3, width=4, numerics=numerics, rngs=nnx.Rngs(0))
+        model.train()
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+        def loss(params):
+            y = nnx.merge(graphdef, params, rest, copy=True)(x)
+            return jnp.mean(jnp.square(y - 0.5)), y
+
+        (value, y), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return y, jax.tree.leaves(grads)
+
+    y_ref, grads_ref = loss_and_grads("xla")
+    y, grads = loss_and_grads(formulation)
+    assert relative_error(y, y_ref) <= 1e-9
+    assert len(grads) == len(grads_ref) == 2 * 31 + 2 * 30  # kernel and bias of every conv, scale and bias of every BN
+    worst = max(relative_error(g, r) for g, r in zip(grads, grads_ref))
+    assert worst <= 1e-9, worst
