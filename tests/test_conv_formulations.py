@@ -38,8 +38,16 @@ def conv_with_grads(impl, x, kernel, padding, cotangent):
     return (y, *vjp(cotangent))
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: "b{}_{}x{}x{}_i{}_o{}_k{}_p{}".format(*c))
-@pytest.mark.parametrize("impl", [i for i in CONV_IMPLS if i != "xla"])
+def _params():
+    """Every formulation on every case; shifted_matmul's 343 products of the k7 case take ~45 s to compile: slow."""
+    for impl in CONV_IMPLS[1:]:
+        for case in CASES:
+            slow = impl == "shifted_matmul" and case[6] == 7
+            yield pytest.param(impl, case, marks=[pytest.mark.slow] if slow else [],
+                               id=f"{impl}-" + "b{}_{}x{}x{}_i{}_o{}_k{}_p{}".format(*case))
+
+
+@pytest.mark.parametrize("impl,case", list(_params()))
 def test_formulation_matches_xla_convolution(impl, case):
     n, d, h, w, cin, cout, k, padding = case
     rng = np.random.default_rng(sum(case))
@@ -66,12 +74,12 @@ def test_auto_resolves_per_backend_to_a_known_formulation():
 def test_network_with_cpu_default_matches_xla_convolutions():
     """V2V forward and parameter gradients, train-mode BN, float64: the CPU formulation vs XLA's convolution.
 
-    Through 29 convolutions and 30 BatchNorms in a row the rounding differences compound (SPEC 3 suggests 1e-10
-    per layer in float64), so this end-to-end check uses 1e-9."""
-    formulation = AUTO_CONV["cpu"]
+    Tolerance 1e-10, the parity suite's model-wide float64 tolerance (parity_tests/test_blocks.py derives it). A
+    convolution followed by train-mode BatchNorm has a bias gradient of exactly 0 (BN subtracts the batch mean), so
+    both sides hold rounding noise there: those are only required to be negligible against the other gradients."""
     x = jnp.asarray(np.random.default_rng(0).random((2, 16, 16, 16, 1)) < 0.2, jnp.float64)
 
-    def loss_and_grads(conv):
+    def output_and_grads(conv):
         numerics = Numerics(dtype=jnp.float64, param_dtype=jnp.float64, conv=conv)
         model = V2VModel(1, 3, width=4, numerics=numerics, rngs=nnx.Rngs(0))
         model.train()
@@ -81,12 +89,21 @@ def test_network_with_cpu_default_matches_xla_convolutions():
             y = nnx.merge(graphdef, params, rest, copy=True)(x)
             return jnp.mean(jnp.square(y - 0.5)), y
 
-        (value, y), grads = jax.value_and_grad(loss, has_aux=True)(params)
-        return y, jax.tree.leaves(grads)
+        grads, y = jax.jit(jax.grad(loss, has_aux=True))(params)
+        return y, {jax.tree_util.keystr(path): g for path, g in jax.tree_util.tree_leaves_with_path(grads)}
 
-    y_ref, grads_ref = loss_and_grads("xla")
-    y, grads = loss_and_grads(formulation)
-    assert relative_error(y, y_ref) <= 1e-9
-    assert len(grads) == len(grads_ref) == 2 * 31 + 2 * 30  # kernel and bias of every conv, scale and bias of every BN
-    worst = max(relative_error(g, r) for g, r in zip(grads, grads_ref))
-    assert worst <= 1e-9, worst
+    y_ref, grads_ref = output_and_grads("xla")
+    y, grads = output_and_grads(AUTO_CONV["cpu"])
+    assert relative_error(y, y_ref) <= 1e-10
+    assert grads.keys() == grads_ref.keys() and len(grads) == 2 * 31 + 2 * 30  # every conv's and BN's two params
+    scale = max(float(jnp.max(jnp.abs(g))) for g in grads_ref.values())
+    for path, g in grads.items():
+        if _is_conv_bias(path, grads) and "output_layer" not in path:  # every other convolution feeds a BN
+            assert float(jnp.max(jnp.abs(g))) <= 1e-12 * scale, path
+        else:
+            assert relative_error(g, grads_ref[path]) <= 1e-10, path
+
+
+def _is_conv_bias(path: str, grads: dict) -> bool:
+    """A bias beside a 'kernel' belongs to a convolution (BatchNorm has 'scale' and 'bias')."""
+    return path.replace("['bias']", "['kernel']") in grads
