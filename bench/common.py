@@ -17,13 +17,16 @@ import os
 import platform
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 # torch's OpenMP workers otherwise spin after every parallel region: on a CPU shared with other processes (or
-# with XLA's thread pool in this same process) that made torch's training step 3-4x slower here. Set before
-# torch loads libgomp; an explicit OMP_WAIT_POLICY in the environment wins.
+# with XLA's thread pool in this same process) that made torch's convolutions up to 20x slower here. libgomp reads
+# the variable when torch loads it, so this module must be imported first; an explicit setting wins.
+if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
+    raise ImportError("import bench/common.py before torch (it sets OMP_WAIT_POLICY for torch's OpenMP threads)")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import jax  # noqa: E402
@@ -33,7 +36,7 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from v2v_jax import convert, geometry  # noqa: E402
-from v2v_jax.layers import resolve_conv  # noqa: E402
+from v2v_jax.layers import CONV_IMPLS, resolve_conv  # noqa: E402
 from v2v_jax.model import V2VModel  # noqa: E402
 from v2v_jax.train.step import init_state, make_optimizer, make_update, numerics_for  # noqa: E402
 from v2v_torch_ref import model as torch_model_lib  # noqa: E402
@@ -287,13 +290,15 @@ def _timed(fn) -> float:
 
 # --- command line and results ---------------------------------------------------------------------------------
 
-def base_parser(doc: str) -> argparse.ArgumentParser:
+def base_parser(doc: str, conv_option: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cores", type=int, help="CPU: pin the process to this many cores before JAX starts (XLA's "
                    "pool and torch then use that many threads; 1 gives per-core figures robust to other load)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median over rounds)")
     p.add_argument("--repeats", type=int, default=2, help="timed calls per entry per round")
-    p.add_argument("--conv", default="auto", help="JAX convolution formulation (v2v_jax.layers.CONV_IMPLS or auto)")
+    if conv_option:
+        p.add_argument("--conv", default="auto", choices=("auto",) + CONV_IMPLS,
+                       help="JAX convolution formulation; auto = the per-backend default (v2v_jax.layers.AUTO_CONV)")
     p.add_argument("--channels-last", action="store_true", help="torch in channels_last_3d memory format")
     p.add_argument("--out", type=Path, help="directory for NAME.json and NAME.md")
     return p
@@ -320,7 +325,8 @@ def check_dtypes(dtypes: list[str]) -> list[str]:
 
 def header(args) -> dict:
     env = environment()
-    env["conv"] = f"{args.conv} -> {resolve_conv(args.conv)}"
+    if "conv" in args:
+        env["conv"] = f"{args.conv} -> {resolve_conv(args.conv)}"
     env["torch_memory_format"] = "channels_last_3d" if args.channels_last else "contiguous (NCDHW)"
     return env
 

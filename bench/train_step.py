@@ -13,6 +13,7 @@ FLOPs per step are counted as 3x the forward's multiply-accumulates (bench.commo
 
 from __future__ import annotations
 
+import common  # noqa: F401, I001  (first: it configures torch's OpenMP threads before torch loads)
 from pathlib import Path
 
 import jax

@@ -11,6 +11,7 @@ import dataclasses  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
+import torch  # noqa: E402
 
 from v2v_jax.layers import CONV_IMPLS  # noqa: E402
 from v2v_jax.studies.overfit import JOINT_SETS  # noqa: E402
@@ -37,6 +38,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int)
     p.add_argument("--budget-s", type=float, help="start no new configuration after this many seconds "
                                                   "(gpu default 75; the report lists what was skipped)")
+    p.add_argument("--torch-threads", type=int, help="PyTorch CPU threads (cpu default 1: see plans.DEFAULTS)")
     p.add_argument("--out", type=Path, help="output directory (default docs/studies)")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k not in ("study", "device") and v is not None}
@@ -51,6 +53,8 @@ def parse_args(argv=None):
 def main(argv=None):
     study, settings = parse_args(argv)
     jax.config.update("jax_enable_x64", True)  # for the float64 configurations; all others name their dtypes
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
     STUDIES[study](settings)
     print(f"report in {settings.out}")
 

@@ -29,21 +29,23 @@ class Settings:
     conv: str = "auto"
     seed: int = 0
     budget_s: float | None = None  # start no new work after this many seconds (then report what is done)
+    torch_threads: int | None = 1  # PyTorch's CPU threads (None: its default)
     out: Path = Path("docs/studies")
 
 
 # CPU: sized for the 2-core dev machine (XLA compiles each configuration for ~20 s there). The RMSprop lr is 4x the
-# authors' because at 300 steps their 2.5e-4 takes a single sample only 13x down (it is run as an ablation).
+# authors' because at 300 steps their 2.5e-4 takes a single sample only 13x down (it is run as an ablation). One
+# PyTorch thread: on the shared machine (load ~8) a step took 2.4 s with 2 threads and 0.2 s with 1.
 # GPU: fits the 120 s the project's GPU check gives the study (scripts/gpu_check.sh), with a budget that stops
 # starting new configurations in time to write the report.
 DEFAULTS = {
     "cpu": Settings(),
-    "gpu": Settings(device="gpu", steps=300, grid=32, width=16, samples=(1,), budget_s=75.0),
+    "gpu": Settings(device="gpu", steps=300, grid=32, width=16, samples=(1,), budget_s=75.0, torch_threads=None),
 }
 
 
-# On CPU a batch of 8 costs ~0.2 s per step in JAX and ~2 s in PyTorch float64: that experiment keeps these.
-CPU_BATCH_VARIANTS = ("JAX f32", "JAX f64", "PyTorch f32")
+# On CPU a batch of 8 costs ~0.2 s per step in JAX and 1-2 s in PyTorch: that experiment keeps these.
+CPU_BATCH_VARIANTS = ("JAX f32", "JAX f64")
 
 
 def precision_variants(device: str, num_samples: int) -> tuple[list[Variant], list[tuple[Variant, str]]]:

@@ -23,6 +23,7 @@ from v2v_jax.train import parallel
 from v2v_jax.train.run_dir import read_log
 
 DEFAULT_SYNTH_ROOT = "data/synth"
+OVERFIT_STEPS_PER_EPOCH = 50
 
 
 def configure_runtime(cfg: Config) -> None:
@@ -36,17 +37,22 @@ def configure_runtime(cfg: Config) -> None:
 
 
 class Subset(DepthDataset):
-    """The first frames of a data set, for --overfit."""
+    """The first `count` frames of a data set, each listed `repeats` times, for --overfit.
 
-    def __init__(self, base: DepthDataset, count: int):
+    Repeating makes an epoch (and so the evaluation and checkpoint at its end) span many steps.
+    """
+
+    def __init__(self, base: DepthDataset, count: int, repeats: int = 1):
         if count > len(base):
             raise ValueError(f"--overfit {count}: the training set has only {len(base)} frames")
         self.base, self.spec, self.split = base, base.spec, getattr(base, "split", "train")
-        self._set_labels(base.frame_ids[:count], base.centers[:count], base.joints[:count], {})
-        self.sources, self.cube_mm = base.sources[:count], base.cube_mm  # the same bad-frame checks as `base`
+        self.count = count
+        take = np.tile(np.arange(count), repeats)
+        self._set_labels([base.frame_ids[i] for i in take], base.centers[take], base.joints[take], {})
+        self.sources, self.cube_mm = [base.sources[i] for i in take], base.cube_mm  # the checks of `base`
 
     def read_depth(self, i: int) -> np.ndarray:
-        return self.base.read_depth(i)
+        return self.base.read_depth(i % self.count)
 
 
 def spec_for(cfg: Config) -> cameras.DatasetSpec:
@@ -73,8 +79,8 @@ def open_datasets(cfg: Config) -> tuple[DepthDataset, DepthDataset, cameras.Data
         if ds.num_skipped:
             print(ds.report())
     if cfg.overfit:
-        train = Subset(train, cfg.overfit)
-        test = train
+        test = Subset(train, cfg.overfit)
+        train = Subset(train, cfg.overfit, repeats=max(1, OVERFIT_STEPS_PER_EPOCH * cfg.batch_size // cfg.overfit))
     return train, test, train.spec
 
 
