@@ -179,7 +179,7 @@ def jax_train_step(jmodel: V2VModel, voxels, coords):
 
     def call():
         holder["state"], metrics = update(holder["state"], voxels, coords)
-        return metrics["loss"]
+        return metrics["loss"], holder["state"]  # waiting on all of it, not just the loss
 
     return call, update.lower(state, voxels, coords).compile()
 

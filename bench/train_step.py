@@ -22,9 +22,10 @@ import numpy as np
 import torch
 from flax import nnx
 
-from common import (JOINTS, base_parser, check_dtypes, describe, header, interleaved, inputs, jax_peak_bytes, jax_step_bytes,
-                    jax_train_step, markdown_table, model_pair, parse, peak_tflops, ratio, setup_torch, sync,
-                    target_heatmaps, to_torch, torch_peak_memory, torch_train_step, train_step_flops, write_result)
+from common import (JOINTS, base_parser, check_dtypes, describe, header, inputs, interleaved, jax_peak_bytes,
+                    jax_step_bytes, jax_train_step, markdown_table, model_pair, parse, peak_tflops, ratio,
+                    setup_torch, sync, target_heatmaps, to_torch, torch_peak_memory, torch_train_step,
+                    train_step_flops, write_result)
 from v2v_jax import geometry
 
 # Blocks timed separately by --profile: (path, what it is, input channels, input grid as a fraction of N, how many
