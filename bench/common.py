@@ -173,15 +173,15 @@ def jax_train_step(jmodel: V2VModel, voxels, coords):
     donated. Returns (call, compiled): call() runs one step in place on a held state."""
     tx = make_optimizer("rmsprop", 2.5e-4)
     train_def, _, state = init_state(jmodel, tx, seed=0)
-    update = jax.jit(make_update(train_def, tx), donate_argnums=0)
     voxels, coords = jnp.asarray(voxels), jnp.asarray(coords)
+    compiled = jax.jit(make_update(train_def, tx), donate_argnums=0).lower(state, voxels, coords).compile()
     holder = {"state": state}
 
     def call():
-        holder["state"], metrics = update(holder["state"], voxels, coords)
+        holder["state"], metrics = compiled(holder["state"], voxels, coords)
         return metrics["loss"], holder["state"]  # waiting on all of it, not just the loss
 
-    return call, update.lower(state, voxels, coords).compile()
+    return call, compiled
 
 
 def torch_train_step(tmodel: torch.nn.Module, voxels: torch.Tensor, heatmaps: torch.Tensor, dtype: str):

@@ -35,15 +35,15 @@ def jax_call(impl, x, kernel, cotangent, padding, input_grad):
     def loss(x, kernel):
         return jnp.vdot(conv3d(x, kernel, padding, impl).astype(jnp.float32), cotangent)
 
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1) if input_grad else 1))
-    return (lambda: grad(x, kernel)), grad.lower(x, kernel).compile()
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1) if input_grad else 1)).lower(x, kernel).compile()
+    return (lambda: compiled(x, kernel)), compiled
 
 
-def torch_call(x, kernel, cotangent, padding, input_grad, dtype, device):
-    xt = to_torch(x, device).to(getattr(torch, dtype)).requires_grad_(input_grad)
+def torch_call(x, kernel, cotangent, padding, input_grad, dtype, device, channels_last):
+    xt = to_torch(x, device, channels_last).to(getattr(torch, dtype)).requires_grad_(input_grad)
     wt = torch.from_numpy(np.ascontiguousarray(kernel.transpose(4, 3, 0, 1, 2))).to(device, getattr(torch, dtype))
     wt.requires_grad_(True)
-    ct = to_torch(cotangent, device).to(getattr(torch, dtype))
+    ct = to_torch(cotangent, device, channels_last).to(getattr(torch, dtype))
 
     def call():
         xt.grad, wt.grad = None, None
@@ -66,7 +66,7 @@ def measure(shape, grid, batch, dtype, impls, args, device) -> dict:
         calls[impl], compiled = jax_call(impl, jnp.asarray(x, jdtype), jnp.asarray(kernel, jdtype),
                                          jnp.asarray(cotangent), padding, input_grad)
         memory[impl] = jax_step_bytes(compiled)
-    calls["torch"] = torch_call(x, kernel, cotangent, padding, input_grad, dtype, device)
+    calls["torch"] = torch_call(x, kernel, cotangent, padding, input_grad, dtype, device, args.channels_last)
     times = interleaved(calls, args.rounds, args.repeats)
     return {"where": where, "cin": cin, "cout": cout, "kernel": k, "grid": n, "batch": batch, "dtype": dtype,
             "gflop": 2 * 3 * batch * n ** 3 * k ** 3 * cin * cout / 1e9 * (1 if input_grad else 2 / 3),

@@ -1,6 +1,7 @@
-"""Inference, JAX vs the PyTorch reference: latency at batch 1 and samples/s at batch 32 (eval-mode BatchNorm).
+"""Inference, JAX vs the PyTorch reference: latency at batch 1 and samples/s at batch 32 (eval-mode BatchNorm);
+on CPU batch 8 instead of 32 (two models' 88^3 activations at batch 32 exhaust a 24 GB machine).
 
-    python bench/inference.py                          # CPU: 88^3, batches 1 and 32, float32
+    python bench/inference.py                          # CPU: 88^3, batches 1 and 8, float32
     python bench/inference.py --grid 32 --batches 1 8  # quicker
     python bench/inference.py --dtypes float32 bfloat16 --out DIR   # GPU, unchanged
 
@@ -32,12 +33,13 @@ def measure(grid, batch, dtype, args, device) -> dict:
 def main(argv=None):
     p = base_parser(__doc__)
     p.add_argument("--grid", type=int, default=88)
-    p.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    p.add_argument("--batches", type=int, nargs="+", help="default 1 and 32 (GPU) or 1 and 8 (CPU)")
     p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="bfloat16 runs on GPU only")
     args = parse(p, argv)
     device = setup_torch()
     env = header(args)
-    rows = [measure(args.grid, b, d, args, device) for d in check_dtypes(args.dtypes) for b in args.batches]
+    batches = args.batches or [1, 32 if device.type == "cuda" else 8]
+    rows = [measure(args.grid, b, d, args, device) for d in check_dtypes(args.dtypes) for b in batches]
     table = markdown_table(
         ["grid", "batch", "dtype", "JAX ms/call", "torch ms/call", "JAX / torch time", "JAX samples/s",
          "torch samples/s", "JAX CPU s", "torch CPU s"],

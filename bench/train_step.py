@@ -176,11 +176,12 @@ def main(argv=None):
         ["grid", "batch", "dtype", "JAX s/step", "torch s/step", "JAX / torch time", "JAX samples/s",
          "torch samples/s", "JAX CPU s", "torch CPU s", "GFLOP/step", "peak TFLOP/s", "JAX % of peak",
          "torch % of peak",
-         "JAX step MiB (XLA plan)", "torch peak MiB"],
+         "JAX step MiB (XLA plan)", "JAX peak MiB (process so far)", "torch peak MiB"],
         [[f"{r['grid']}^3", r["batch"], r["dtype"], r["times"]["jax"]["wall_s"], r["times"]["torch"]["wall_s"],
           r["jax_over_torch_time"], r["jax_samples_per_s"], r["torch_samples_per_s"], r["times"]["jax"]["cpu_s"],
           r["times"]["torch"]["cpu_s"], r["step_gflop"], r["peak_tflops"], 100 * r["jax_fraction_of_peak"],
-          100 * r["torch_fraction_of_peak"], _mib(r["jax_step_bytes"]), _mib(r["torch_peak_bytes"])]
+          100 * r["torch_fraction_of_peak"], _mib(r["jax_step_bytes"]), _mib(r["jax_peak_bytes_in_use"]),
+          _mib(r["torch_peak_bytes"])]
          for r in rows])
     peak_note = ("peak: a 2048^3 float32 GEMM under XLA, measured beside each row" if device.type == "cpu"
                  else "peak: --peak-tflops or H100 SXM dense (TF32 494, bfloat16 989 TFLOP/s)")

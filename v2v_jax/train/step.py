@@ -43,7 +43,7 @@ class TrainState(flax.struct.PyTreeNode):
     skipped: jax.Array       # int32 scalar: steps skipped for non-finite values
 
 
-def numerics_for(dtype: str, batchnorm: str = "torch", init: str = "original", conv: str = "xla") -> Numerics:
+def numerics_for(dtype: str, batchnorm: str = "torch", init: str = "original", conv: str = "auto") -> Numerics:
     """float64 keeps parameters and statistics in float64; bfloat16 computes in bfloat16 on float32 parameters."""
     compute = DTYPES[dtype]
     param = jnp.float64 if dtype == "float64" else jnp.float32
