@@ -5,7 +5,10 @@
     python train.py --help                            # every option
 """
 
-from v2v_jax.train.loop import main
+from v2v_jax.hugepages import restart_with_huge_pages
 
 if __name__ == "__main__":
+    restart_with_huge_pages()  # before JAX loads: glibc reads its tunables only when a process starts
+    from v2v_jax.train.loop import main
+
     main()

@@ -47,6 +47,11 @@ print('flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__ver
 } > "$out/environment.txt" 2>&1
 cat "$out/environment.txt"
 
+# Precision and backend study (issue 7), first: the H200 run of 2026-11-28 spent its 75 s budget on the PyTorch
+# configurations and skipped JAX float32-highest, float64, bfloat16 and one-pass BN. Its own budget keeps it inside
+# the step's limit.
+step study_precision 180 python3 -m v2v_jax.studies precision --device gpu --budget-s 150 --out "$out/precision"
+
 parity() {  # parity NAME ARGS...: the report tool at 32^3, full width, batch 4
   local name=$1
   shift
@@ -64,9 +69,6 @@ step bench_train_step 120 python3 bench/train_step.py --out "$out/train_step" --
 
 # On-device geometry throughput at batch 64 (issue 3).
 step bench_geometry 45 python3 bench/geometry.py --out "$out/geometry"
-
-# Precision and backend study (issue 7): its own budget keeps it inside the limit.
-step study_precision 100 python3 -m v2v_jax.studies precision --device gpu --out "$out/precision"
 
 # End-to-end training at the paper's configuration (88^3, width 32, batch 8) on a small synthetic set: JAX with
 # on-device geometry vs the PyTorch reference with the port's per-sample NumPy pipeline in 12 DataLoader workers.

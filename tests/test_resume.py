@@ -10,6 +10,7 @@ steps per epoch at batch 4; 2 epochs; grid 16, width 4) with checkpoints every 2
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -25,9 +26,11 @@ import numpy as np
 import pytest
 
 from test_reliability import MiB, data_files, fill_disk, flip_bytes, tmpfs, truncate_half
+from v2v_jax.config import Config, parse_config
 from v2v_jax.data import msra
 from v2v_jax.data.synth import write_msra_dataset
 from v2v_jax.train.checkpoint import Checkpointer
+from v2v_jax.train.data import repeat_flags
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, SUBJECTS = 40, 2
@@ -457,3 +460,8 @@ def test_bad_frame_policy_end_to_end(synth_root, env, tmp_path):
     run = run_to_end(train_args(root, tmp_path / "skip", "--on-bad-frame", "skip"), env, tmp_path / "skip", "skip")
     assert "msra train: 19 frames kept, 1 skipped (0 invalid centre, 1 bad frame: unreadable depth file)" in run.output
     assert re.search(rf"skipping frame P0/5/000000: {re.escape(str(bad))}: truncated", run.output), run.output[-3000:]
+
+
+def test_printed_resume_flags_survive_spaces_and_quotes():
+    cfg = dataclasses.replace(Config(), root="my data/it's here", lr=5e-4, augment=False, grid=16)
+    assert parse_config(shlex.split(repeat_flags(cfg))) == cfg

@@ -31,7 +31,7 @@ class Config:
     augment: bool = True
     decode: str = "parabola"         # argmax (the original) | parabola | window_mean | soft_argmax
     # Model and numerics.
-    width: int = 8                   # channels after the first pooling (the paper: 32)
+    width: int = 16                  # channels after the first pooling (the paper: 32)
     dtype: str = "float32"           # float32 | float64 | bfloat16
     batchnorm: str = "torch"         # torch | flax
     init: str = "original"           # original | framework

@@ -184,10 +184,41 @@ def add_bias(y: jax.Array, bias: jax.Array, numerics: Numerics) -> jax.Array:
     return (y.astype(numerics.stat_dtype) + bias.astype(numerics.stat_dtype)).astype(numerics.dtype)
 
 
+def _windows(x: jax.Array, size: int) -> jax.Array:
+    """(N, D, H, W, C) -> (N, D/s, s, H/s, s, W/s, s, C), cropped to whole windows as torch's floor mode does."""
+    n, d, h, w, c = x.shape
+    d, h, w = d // size, h // size, w // size
+    return x[:, :d * size, :h * size, :w * size].reshape(n, d, size, h, size, w, size, c)
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
 def max_pool(x: jax.Array, size: int) -> jax.Array:
-    """MaxPool3d(kernel=size, stride=size); its gradient goes to the first maximum of a window, as in torch."""
-    window = (1, size, size, size, 1)
-    return lax.reduce_window(x, -jnp.inf, lax.max, window, window, "VALID")
+    """MaxPool3d(kernel=size, stride=size); its gradient goes to the first maximum of a window, as in torch.
+
+    A reshape and a max rather than `lax.reduce_window`, whose forward and backward took 3.3x PyTorch's time on the
+    CPU; the custom VJP keeps torch's tie rule, which `max`'s own gradient (shared among equal maxima) would not.
+    """
+    return _windows(x, size).max(axis=(2, 4, 6))
+
+
+def _max_pool_fwd(x, size):
+    y = max_pool(x, size)
+    return y, (x, y)
+
+
+def _max_pool_bwd(size, residuals, g):
+    x, y = residuals
+    windows = _windows(x, size)
+    a, b, c = (lax.broadcasted_iota(jnp.int32, (1, 1, size, 1, size, 1, size, 1), axis) for axis in (2, 4, 6))
+    position = (a * size + b) * size + c  # scan order of a window, depth first: torch's "first"
+    hits = windows == y[:, :, None, :, None, :, None, :]
+    first = jnp.min(jnp.where(hits, position, size ** 3), axis=(2, 4, 6), keepdims=True)
+    dx = jnp.where(position == first, g[:, :, None, :, None, :, None, :], 0).astype(x.dtype)
+    dx = dx.reshape(windows.shape[0], *(n * size for n in y.shape[1:4]), x.shape[-1])
+    return (jnp.pad(dx, [(0, 0)] + [(0, full - part) for full, part in zip(x.shape[1:4], dx.shape[1:4])] + [(0, 0)]),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class Conv3d(nnx.Module):

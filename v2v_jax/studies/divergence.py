@@ -14,13 +14,15 @@ import copy
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
 
 from parity_tests import compare
-from v2v_jax.studies.overfit import (Problem, Variant, jax_device, jax_model, memory_format, shape_of, torch_backend,
-                                     torch_model)
+from v2v_jax.layers import BatchNorm3d
+from v2v_jax.studies.overfit import (TORCH_DTYPES, Problem, Variant, jax_device, jax_model, jax_numerics,
+                                     memory_format, shape_of, torch_backend, torch_model)
 from v2v_torch_ref import model as torch_model_lib
 
 LEAF_BLOCKS = (torch_model_lib.Basic3DBlock, torch_model_lib.Res3DBlock, torch_model_lib.Upsample3DBlock)
@@ -28,8 +30,13 @@ F64 = Variant("float64 reference", framework="torch", dtype="float64")
 
 
 def torch_layout(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
-    """The fitted batch (voxels, heatmaps) in torch layout, float64."""
-    return (compare.to_torch_layout(problem.voxels.astype(np.float64)), compare.to_torch_layout(problem.heatmaps))
+    """The fitted batch (voxels, heatmaps) in torch layout, float64, as fresh C-order arrays.
+
+    A transposed view would do for NumPy, but not for PyTorch: (B, 1, D, H, W) with the strides of an NDHWC array
+    is also a channels_last_3d tensor, and convolutions then carry that layout through the whole network (whose
+    CPU BatchNorm is less precise in it; see `batchnorm_alone`)."""
+    return tuple(np.array(compare.to_torch_layout(a), np.float64, order="C")
+                 for a in (problem.voxels, problem.heatmaps))
 
 
 def block_kinds(state_dict) -> dict[str, str]:
@@ -181,4 +188,42 @@ def local_errors(ref: BlockReference, variant: Variant, *, conv: str, device: st
                 run = compare.run_jax(block, x, ref.targets[path], train=True)
         rows = compare.compare_runs(ref.runs[path], run, train=True, tol=np.inf)
         out[path] = rows[-1].fwd_rel, max(r.grad_rel for r in (rows[0], rows[-1]) if r.grad_rel is not None)
+    return out
+
+
+# ------------------------------------------------------------------------------------------- BatchNorm alone
+
+
+# (batch, n) of (batch, 4, n, n, n) inputs; the last is V2V's first BatchNorm at batch 8 (5.45M values a channel).
+BN_SIZES = ((1, 12), (1, 24), (1, 48), (1, 88), (8, 88))
+
+
+def bn_input(batch: int, n: int, seed: int = 0) -> np.ndarray:
+    """(batch, 4, n, n, n) float64 values with mean 3 standard deviations away from 0, like a channel whose bias
+    dominates (sparse binary input through a convolution)."""
+    return (np.random.default_rng(seed).standard_normal((batch, 4, n, n, n)) + 3.0) * 0.25
+
+
+def batchnorm_alone(variants: list[Variant], device: str, sizes=BN_SIZES) -> dict[tuple[int, int], dict[str, float]]:
+    """(batch, n) -> {configuration: max-relative error of a train-mode BatchNorm's output against float64}:
+    PyTorch in each variant's backend and memory format, JAX in its BN flavour (two-pass or one-pass variance)."""
+    out = {}
+    for batch, n in sizes:
+        x = bn_input(batch, n)
+        reference = torch.nn.functional.batch_norm(torch.from_numpy(x), None, None, training=True).numpy()
+        out[batch, n] = {}
+        for v in variants:
+            if v.framework == "torch":
+                with torch_backend(v):
+                    xt = torch.from_numpy(x).to("cuda" if device == "gpu" else "cpu", TORCH_DTYPES[v.dtype])
+                    y = torch.nn.functional.batch_norm(xt.contiguous(memory_format=memory_format(v)), None, None,
+                                                       training=True)
+                    y = y.double().cpu().numpy()
+            else:
+                with jax.default_device(jax_device(device)):
+                    bn = BatchNorm3d(4, numerics=jax_numerics(v, "xla"), rngs=nnx.Rngs(0))
+                    bn.scale[...] = jnp.ones_like(bn.scale[...])
+                    y = compare.to_torch_layout(np.asarray(bn(jnp.asarray(compare.to_jax_layout(x),
+                                                                          bn.numerics.dtype)), np.float64))
+            out[batch, n][v.name] = compare.rel_error(y, reference)
     return out

@@ -53,7 +53,7 @@ def precision_variants(device: str, num_samples: int) -> tuple[list[Variant], li
     # In order of interest, so that a GPU run cut short by its budget has the main answers.
     variants = [
         Variant("PyTorch f32 TF32 (torch default)", "torch", tf32=True, needs_cuda=True),
-        Variant("PyTorch f32 channels_last_3d", "torch", channels_last=True, needs_cuda=True),
+        Variant("PyTorch f32 channels_last_3d", "torch", channels_last=True),
         Variant("PyTorch f32 no cuDNN", "torch", cudnn=False, needs_cuda=True),
         Variant("PyTorch f32", "torch"),
         Variant("PyTorch f64", "torch", "float64"),
@@ -69,7 +69,7 @@ def precision_variants(device: str, num_samples: int) -> tuple[list[Variant], li
     run, skipped = [], []
     for v in variants:
         if v.needs_cuda and device != "gpu":
-            skipped.append((v, "needs a CUDA device (cuDNN, TF32 and channels_last_3d only act there)"))
+            skipped.append((v, "needs a CUDA device (cuDNN and TF32 switches)"))
         elif device == "cpu" and num_samples > 1 and v.name not in CPU_BATCH_VARIANTS:
             skipped.append((v, "on CPU the batch experiment runs only " + ", ".join(CPU_BATCH_VARIANTS)
                                + " (see the one-sample experiment for the rest)"))
@@ -96,6 +96,12 @@ def ablation_variants(lr: float) -> list[Variant]:
         Variant("init framework (Flax default)", init="framework-flax"),
         Variant("final ReLU after the output conv", final_relu=True),
     ]
+
+
+def final_relu_variants(lr: float) -> list[Variant]:
+    """The baseline and the final-ReLU bug at the study's lr and at the authors'."""
+    return [Variant(f"RMSprop lr {lr:g} (baseline)"), Variant(f"final ReLU, RMSprop lr {lr:g}", final_relu=True),
+            Variant(f"final ReLU, RMSprop lr {AUTHORS_LR:g} (authors')", final_relu=True, lr=AUTHORS_LR)]
 
 
 class Budget:

@@ -86,17 +86,18 @@ def plot_curves(path: Path, experiments: dict[str, tuple[list[Result], float]], 
     fig.savefig(path, dpi=110, bbox_inches="tight")
 
 
-def pair_summary(pairs: list[Pair], agreement: dict[tuple[str, str], tuple[float, float]]) -> str:
+def pair_summary(pairs: list[Pair], agreement: dict[tuple[str, str], tuple[float, float, int | None]]) -> str:
     """One line per pair of trained variants: how their losses and weights agree, where they part first."""
-    lines = ["| configuration vs reference | losses, first steps | loss after N | weights after N (worst block) "
-             "| first block beyond tolerance |", "|---|---|---|---|---|"]
+    lines = ["| configuration vs reference | losses, first steps | losses part at step | loss after N | weights "
+             "after N (worst block) | first block beyond tolerance |", "|---|---|---|---|---|---|"]
     for p in pairs:
-        first, last = agreement[(p.reference, p.other)]
+        first, last, part = agreement[(p.reference, p.other)]
         worst = max(p.weights, key=p.weights.get) if p.weights else None
         drift = f"{p.weights[worst]:.1e} ({worst})" if worst else "–"
         where = f"{p.divergence.path} ({p.divergence.quantity} {p.divergence.error:.1e} > {p.divergence.tol:.0e})" \
             if p.divergence else "none"
-        lines.append(f"| {p.other} vs {p.reference} | {first:.1e} | {last:.1e} | {drift} | {where} |")
+        lines.append(f"| {p.other} vs {p.reference} | {first:.1e} | {_num(part, 'd')} | {last:.1e} | {drift} "
+                     f"| {where} |")
     return "\n".join(lines)
 
 
@@ -143,6 +144,15 @@ def block_table(ref: BlockReference, local: dict[str, dict[str, tuple[float, flo
         cells = [f"{errors[path][0]:.1e} / {errors[path][1]:.1e}" for errors in local.values()]
         lines.append(f"| {path} | {kind} | {ref.gain[path]:.2f} | {_num(ref.gain_without_skip.get(path), '.2f')} | "
                      + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def bn_table(errors: dict[tuple[int, int], dict[str, float]]) -> str:
+    names = list(dict.fromkeys(name for row in errors.values() for name in row))
+    lines = ["| values per channel | " + " | ".join(names) + " |", "|" + "---|" * (1 + len(names))]
+    for (batch, n), row in errors.items():
+        size = f"{batch} × {n}³ = {batch * n ** 3:,}" if batch > 1 else f"{n}³ = {n ** 3:,}"
+        lines.append(f"| {size} | " + " | ".join(_num(row.get(name), ".1e") for name in names) + " |")
     return "\n".join(lines)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def repeat_flags(cfg: Config) -> str:
     """Flags other than --out/--resume that differ from the defaults, to repeat on resume."""
     default = Config()
     skip = {"out", "resume"}
-    flags = [f" --{k.replace('_', '-')} {v}" for k, v in vars(cfg).items()
+    flags = [f" --{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(cfg).items()
              if k not in skip and v != getattr(default, k)]
     return "".join(flags)
 
@@ -143,19 +144,38 @@ class RawSampleCheck:
             raise RuntimeError(f"raw training samples changed during epoch {epoch}: something mutates the data")
 
 
-def report_initial_loss(state, train_def, batch, geo) -> tuple[float, float]:
-    """Prints the first batch's loss beside the loss of an all-zero output; returns both.
+def output_layer_floor(targets: np.ndarray, width: int) -> float:
+    """The lowest MSE a V2V of this width can reach on these (B, M, M, M, J) heatmap targets.
 
-    A loss that stays at the all-zero value means dead outputs (the final-ReLU bug of SPEC §8 lesson 4).
+    Its output layer is a 1x1x1 convolution from `width` features, so at every voxel the J outputs are an affine
+    function of `width` numbers: the best fit is the rank-`width` PCA of the (voxels x joints) target matrix
+    (Eckart-Young), whatever the layers before it do. Width 8 with 21 joints cannot go below ~7 % of the all-zero
+    loss; width >= J can reach 0.
+    """
+    h = np.asarray(targets, np.float64).reshape(-1, targets.shape[-1])
+    centred = h - h.mean(axis=0)
+    eigenvalues = np.linalg.eigvalsh(centred.T @ centred)  # ascending: the J - width smallest are out of reach
+    return float(max(eigenvalues[:max(h.shape[1] - width, 0)].sum(), 0.0) / h.size)
+
+
+def report_initial_loss(state, train_def, batch, geo, width: int) -> dict[str, float]:
+    """Prints the first batch's loss beside the loss of an all-zero output and the output layer's floor.
+
+    A loss that stays at the all-zero value means dead outputs (the final-ReLU bug of SPEC §8 lesson 4); one that
+    stays at the floor means the network is too narrow for its joints (`output_layer_floor`).
     """
     voxels, coords = geometry.encode_batch(batch["depth"], batch["center"], batch["joints"], None, geo.spec,
                                            geo.grid, geo.cube_mm)
     model = nnx.merge(train_def, state.params, jax.tree.map(jnp.copy, state.batch_stats))  # stats stay untouched
     pred = model(voxels)
-    loss = float(geometry.heatmap_mse(pred, coords))
-    zero = float(geometry.heatmap_mse(jnp.zeros_like(pred), coords))
-    print(f"initial loss {loss:.4e}; an all-zero output gives {zero:.4e} (ratio {loss / zero:.3f})")
-    return loss, zero
+    targets = jax.vmap(lambda c: geometry.gaussian_heatmaps(c, pred.shape[1]))(coords)
+    losses = {"train_loss": float(geometry.heatmap_mse(pred, coords)),
+              "zero_output_loss": float(jnp.mean(jnp.square(targets))),
+              "output_floor_loss": output_layer_floor(np.asarray(targets), width), "num_joints": pred.shape[-1]}
+    print(f"initial loss {losses['train_loss']:.4e}; an all-zero output gives {losses['zero_output_loss']:.4e} "
+          f"(ratio {losses['train_loss'] / losses['zero_output_loss']:.3f}); width {width} can reach "
+          f"{losses['output_floor_loss']:.2e} on this batch at best")
+    return losses
 
 
 def dead_output_warning(losses: list[float], zero_loss: float, tolerance: float = 0.02) -> str | None:
@@ -166,7 +186,7 @@ def dead_output_warning(losses: list[float], zero_loss: float, tolerance: float 
     return None
 
 
-def report_overfit(log: list[dict], zero_loss: float) -> bool:
+def report_overfit(log: list[dict]) -> bool:
     """Prints whether the training loss fell at least 100x over an --overfit run; returns that."""
     losses = [r["train_loss"] for r in log if "train_loss" in r]
     if not losses:
@@ -176,7 +196,15 @@ def report_overfit(log: list[dict], zero_loss: float) -> bool:
     fell = first / max(last, 1e-30)
     ok = fell >= 100
     print(f"overfit: loss {first:.3e} -> {last:.3e} ({fell:.0f}x); {'falls' if ok else 'does NOT fall'} >= 100x")
-    warning = dead_output_warning(losses, zero_loss)
+    start = next((r for r in log if "zero_output_loss" in r), None)
+    if start is None:
+        return ok
+    floor = start.get("output_floor_loss", 0.0)
+    if not ok and floor > first / 100:
+        joints = start["num_joints"]
+        print(f"  the output layer cannot go below {floor:.3e} on these samples ({first / floor:.0f}x): the network "
+              f"is narrower than its {joints} joints; fit with --width {joints} or more")
+    warning = dead_output_warning(losses, start["zero_output_loss"])
     if warning:
         print("WARNING: " + warning)
     return ok

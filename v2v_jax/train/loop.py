@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 import time
@@ -127,7 +128,7 @@ def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, 
     raw_check = train_data.RawSampleCheck(train_set)
     step = int(state.step)
     last_good = checkpoints.steps()[-1] if checkpoints.steps() else None
-    zero_loss = None
+    initial_losses = None
     t_start = time.time()
     rate = train_data.SteadyRate(step, cfg.batch_size)
     bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
@@ -137,10 +138,10 @@ def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, 
         for batch in batches(train_set, cfg.batch_size, seed=cfg.seed, epoch=epoch, start_batch=position["batch"],
                              num_workers=cfg.num_workers):
             device_batch = parallel.shard_batch({k: batch[k] for k in ("depth", "center", "joints")}, mesh)
-            if zero_loss is None:
-                initial_loss, zero_loss = train_data.report_initial_loss(state, train_def, device_batch, geo)
+            if initial_losses is None:
+                initial_losses = train_data.report_initial_loss(state, train_def, device_batch, geo, cfg.width)
                 if step == 0:
-                    log.write(0, train_loss=initial_loss, zero_output_loss=zero_loss)
+                    log.write(0, **initial_losses)
             state, out = train_step(state, device_batch)
             out = parallel.to_host(out)
             loss = float(out["loss"])
@@ -188,7 +189,7 @@ def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, 
         checkpoints.wait()
         log.close()
         print(f"\n{stop.signal}: saved checkpoint at step {step} in {run_dir / 'checkpoints'}. "
-              f"Resume with: python train.py --resume --out {run_dir}" + train_data.repeat_flags(cfg))
+              f"Resume with: python train.py --resume --out {shlex.quote(str(run_dir))}" + train_data.repeat_flags(cfg))
         raise SystemExit(130 if stop.signal == "SIGINT" else 143)
     if last_good != step:
         checkpoints.save(state, {"step": step, **position})
@@ -199,7 +200,7 @@ def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, 
     print(report.format_table(final, spec.joint_names))
     print(f"trained {step} steps in {elapsed:.0f} s; {rate}")
     if cfg.overfit:
-        train_data.report_overfit(read_log(run_dir), zero_loss)
+        train_data.report_overfit(read_log(run_dir))
     if cfg.plots and jax.process_index() == 0:
         plots.save_run_figures(run_dir, read_log(run_dir), final, test_set, geo, spec)
     return {k: v for k, v in final.items() if k not in ("pred", "gt")}
