@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
@@ -19,7 +20,7 @@ from v2v_jax.data.loader import batches
 from v2v_jax.model import V2VModel
 from v2v_jax.train import data as train_data
 from v2v_jax.train import parallel, plots, report
-from v2v_jax.train.checkpoint import METRIC, Checkpointer
+from v2v_jax.train.checkpoint import METRIC, CheckpointError, Checkpointer
 from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log
 from v2v_jax.train.step import (GeometryConfig, TrainState, init_state, make_eval_step, make_optimizer,
                                 make_train_step, numerics_for)
@@ -213,4 +214,11 @@ def main(argv: list[str] | None = None) -> None:
         train(cfg)
     except (RunDirError, TrainingError, DataError) as e:  # CheckpointError is a RunDirError
         print(f"error: {e}", file=sys.stderr)
+        if isinstance(e, CheckpointError):
+            # After a failed asynchronous write, orbax's writer threads wait 5 min for a signal that never comes, and
+            # the interpreter would join them. The logs are flushed as written and the last good checkpoint is on
+            # disk: nothing is left to wait for.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(2)
         raise SystemExit(2) from None

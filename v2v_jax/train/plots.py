@@ -34,7 +34,8 @@ def plot_curves(path: Path, log: list[dict]) -> None:
     if "zero_output_loss" in start:
         ax_loss.axhline(start["zero_output_loss"], color="gray", linestyle="--", label="all-zero output")
     if start.get("output_floor_loss", 0) > 0:  # first batch only: a guide, not a bound for other batches
-        ax_loss.axhline(start["output_floor_loss"], color="gray", linestyle=":", label="output layer's floor (first batch)")
+        ax_loss.axhline(start["output_floor_loss"], color="gray", linestyle=":",
+                        label="output layer's floor (first batch)")
     ax_loss.set(xlabel="step", ylabel="heatmap MSE", title="loss")
     ax_loss.legend()
     ax_err.set(xlabel="step", ylabel="mean joint error (mm)", title="test error")
