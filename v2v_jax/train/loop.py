@@ -108,8 +108,9 @@ def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, 
             state, record = restored
             position = {k: record[k] for k in position}
             print(f"resumed from step {record['step']} (epoch {record['epoch'] + 1}, batch {record['batch']})")
-    save_config(cfg, run_dir)
-    train_data.truncate_log(run_dir, int(state.step))
+    if jax.process_index() == 0:  # processes may share the run directory: one writer, as for the log
+        save_config(cfg, run_dir)
+        train_data.truncate_log(run_dir, int(state.step))
     log = ScalarLog(run_dir, enabled=jax.process_index() == 0)
 
     mesh = parallel.data_mesh(cfg.batch_size)
