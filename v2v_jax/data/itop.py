@@ -31,12 +31,16 @@ def _dataset(file: h5py.File, key: str, path: Path) -> h5py.Dataset:
     return file[key]
 
 
+def _unreadable(path: Path, error: Exception) -> DataError:
+    return DataError(f"{path}: cannot read HDF5 ({type(error).__name__}: {error})")
+
+
 def _open_h5(path: Path) -> h5py.File:
     require_file(path, "ITOP HDF5")
     try:
         return h5py.File(path, "r")
     except Exception as error:  # noqa: BLE001 - h5py raises many types on a damaged file
-        raise DataError(f"{path}: cannot read HDF5 ({type(error).__name__}: {error})") from None
+        raise _unreadable(path, error) from None
 
 
 def _read_h5(path: Path, read):
@@ -47,7 +51,7 @@ def _read_h5(path: Path, read):
         except DataError:
             raise
         except Exception as error:  # noqa: BLE001 - h5py raises many types on a damaged file
-            raise DataError(f"{path}: cannot read HDF5 ({type(error).__name__}: {error})") from None
+            raise _unreadable(path, error) from None
 
 
 class ITOP(DepthDataset):

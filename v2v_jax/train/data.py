@@ -21,7 +21,7 @@ from v2v_jax.data.loader import frames_digest, open_dataset
 from v2v_jax.data.msra import MSRA
 from v2v_jax.data.synth import write_msra_dataset
 from v2v_jax.train import parallel
-from v2v_jax.train.run_dir import read_log
+from v2v_jax.train.run_dir import initial_record, read_log
 
 DEFAULT_SYNTH_ROOT = "data/synth"
 OVERFIT_STEPS_PER_EPOCH = 50
@@ -196,7 +196,7 @@ def report_overfit(log: list[dict]) -> bool:
     fell = first / max(last, 1e-30)
     ok = fell >= 100
     print(f"overfit: loss {first:.3e} -> {last:.3e} ({fell:.0f}x); {'falls' if ok else 'does NOT fall'} >= 100x")
-    start = next((r for r in log if "zero_output_loss" in r), None)
+    start = initial_record(log)
     if start is None:
         return ok
     floor = start.get("output_floor_loss", 0.0)

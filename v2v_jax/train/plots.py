@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 
 from v2v_jax import geometry, metrics, vis
 from v2v_jax.geometry import world_to_pixel
-from v2v_jax.train.run_dir import read_log
+from v2v_jax.train.run_dir import initial_record, read_log
 
 
 def plot_curves(path: Path, log: list[dict]) -> None:
@@ -24,7 +24,7 @@ def plot_curves(path: Path, log: list[dict]) -> None:
     ax_loss, ax_err = fig.subplots(1, 2)
     train = [(r["step"], r["train_loss"]) for r in log if "train_loss" in r]
     test = [(r["step"], r["test_loss"], r["test_mean_error_mm"]) for r in log if "test_loss" in r]
-    start = next((r for r in log if "zero_output_loss" in r), {})
+    start = initial_record(log) or {}
     if train:
         ax_loss.semilogy(*zip(*train), label="train (batch)")
     if test:
@@ -73,7 +73,7 @@ def compare_runs(path: Path, runs: list[Path], title: str = "training loss") -> 
         if not log:
             raise FileNotFoundError(f"{run / 'metrics.jsonl'}: no log records")
         cfg = json.loads((run / "config.json").read_text())
-        start = next((r for r in log if "zero_output_loss" in r), None)
+        start = initial_record(log)
         if start is None:
             raise ValueError(f"{run / 'metrics.jsonl'}: no step-0 record with the all-zero-output loss")
         steps, losses = zip(*[(r["step"], r["train_loss"]) for r in log if "train_loss" in r])

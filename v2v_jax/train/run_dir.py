@@ -110,3 +110,8 @@ def read_log(run_dir: Path) -> list[dict]:
         return []
     complete = path.read_text().split("\n")[:-1]
     return [json.loads(line) for line in complete if line.strip()]
+
+
+def initial_record(log: list[dict]) -> dict | None:
+    """The record `train.py` writes before the first step (initial, all-zero-output and floor losses), if any."""
+    return next((r for r in log if "zero_output_loss" in r), None)
