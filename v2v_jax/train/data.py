@@ -168,7 +168,8 @@ def report_initial_loss(state, train_def, batch, geo, width: int) -> dict[str, f
                                            geo.grid, geo.cube_mm)
     model = nnx.merge(train_def, state.params, jax.tree.map(jnp.copy, state.batch_stats))  # stats stay untouched
     pred = model(voxels)
-    targets = jax.vmap(lambda c: geometry.gaussian_heatmaps(c, pred.shape[1]))(coords)
+    dtype = jnp.promote_types(pred.dtype, jnp.float32)  # as heatmap_mse: float64 runs keep float64 targets
+    targets = jax.vmap(lambda c: geometry.gaussian_heatmaps(c, pred.shape[1], dtype=dtype))(coords)
     losses = {"train_loss": float(geometry.heatmap_mse(pred, coords)),
               "zero_output_loss": float(jnp.mean(jnp.square(targets))),
               "output_floor_loss": output_layer_floor(parallel.gather(targets), width), "num_joints": pred.shape[-1]}
