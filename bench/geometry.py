@@ -4,9 +4,12 @@
 
 Throughput: one sample = a 320 x 240 depth map (76,800 points, MSRA camera, toy hand of spheres) -> 88^3 occupancy
 and 21 x 44^3 Gaussian targets, with a training augmentation draw.
-- reference: `v2v_torch_ref.geometry_ref`, one sample at a time like the PyTorch port's data loader (float64);
+- reference: `v2v_torch_ref.geometry_ref`, one sample at a time like the PyTorch port's data loader (float64,
+  float32 occupancy);
 - JAX "train step": `geometry.encode_batch` + `heatmap_mse` against a prediction already on the device, under one
-  jit: the targets are built inside the loss and never stored, as in training;
+  jit: the targets are built inside the loss and never stored, as in training; occupancy in uint8, the project's
+  default (`geometry.OCCUPANCY_DTYPE`; the model's first convolution casts it);
+- JAX "train step, f32 voxels": the same with float32 occupancy, as the reference stores it;
 - JAX "materialised": `encode_batch` + `gaussian_heatmaps`, returning voxels and targets like the reference;
 - JAX "from host": the train-step form with the depth maps copied from the host every step.
 JAX runs a batch at a time (default 32 on CPU, 64 on GPU) with inputs on the device. The forms are timed in
@@ -19,6 +22,7 @@ Decoding: per-axis error (in input voxels) of argmax and of the refinements on s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -77,9 +81,9 @@ def time_reference(depths, centers, joints, samples: int, rng: np.random.Generat
     return samples / (time.perf_counter() - start)
 
 
-@jax.jit
-def train_step_geometry(depths, centers, joints, key, prediction):
-    voxels, coords = geometry.encode_batch(depths, centers, joints, key, SPEC, N)
+@functools.partial(jax.jit, static_argnames="dtype")
+def train_step_geometry(depths, centers, joints, key, prediction, dtype=geometry.OCCUPANCY_DTYPE):
+    voxels, coords = geometry.encode_batch(depths, centers, joints, key, SPEC, N, dtype=dtype)
     return voxels, geometry.heatmap_mse(prediction, coords)
 
 
@@ -95,6 +99,7 @@ def jax_forms(depths, centers, joints):
     prediction = jnp.zeros((len(depths), N // 2, N // 2, N // 2, joints.shape[1]), jnp.float32)
     forms = {
         "train step": lambda key: train_step_geometry(*on_device, key, prediction),
+        "train step, f32 voxels": lambda key: train_step_geometry(*on_device, key, prediction, jnp.float32),
         "materialised": lambda key: materialised_geometry(*on_device, key),
         "from host": lambda key: train_step_geometry(jax.device_put(depths), *on_device[1:], key, prediction),
     }
@@ -184,9 +189,9 @@ def main(args):
     print(f"batch {batch}; {depths.shape[1]} x {depths.shape[2]} depth maps, {joints.shape[1]} joints, {N}^3 grid; "
           f"{args.rounds} interleaved rounds")
     speed = throughput(depths, centers, joints, args.rounds, args.steps, args.reference_samples)
-    print(f"{'samples/s':<14} {'best':>9} {'median':>9}   vs reference: {'bests':>6} {'median':>7}")
+    print(f"{'samples/s':<24} {'best':>9} {'median':>9}   vs reference: {'bests':>6} {'median':>7}")
     for name, best in speed["samples_per_s_best"].items():
-        line = f"{name:<14} {best:9.1f} {speed['samples_per_s_median'][name]:9.1f}"
+        line = f"{name:<24} {best:9.1f} {speed['samples_per_s_median'][name]:9.1f}"
         if name in speed["ratio_of_bests"]:
             line += f"   {'':>13} {speed['ratio_of_bests'][name]:5.1f}x {speed['median_ratio'][name]:6.1f}x"
         print(line)

@@ -359,13 +359,22 @@ def test_draws_differ_per_sample_and_repeat_per_key():
     depth, center, joints = toy_scene(spec, 8)
     batch = [jnp.asarray(np.broadcast_to(x, (4, *x.shape)), jnp.float32) for x in (depth, center, joints)]
     voxels, coords = encode_batch(*batch, jax.random.key(1), spec, 32)
-    assert voxels.shape == (4, 32, 32, 32, 1) and voxels.dtype == jnp.float32 and coords.dtype == jnp.float32
+    assert voxels.shape == (4, 32, 32, 32, 1) and voxels.dtype == jnp.uint8 and coords.dtype == jnp.float32
     assert len({np.asarray(c).tobytes() for c in coords}) == 4
     assert len({np.asarray(v).tobytes() for v in voxels}) == 4
     again = encode_batch(*batch, jax.random.key(1), spec, 32)
     np.testing.assert_array_equal(again[0], voxels)
     np.testing.assert_array_equal(again[1], coords)
     assert not np.array_equal(encode_batch(*batch, jax.random.key(2), spec, 32)[1], coords)
+
+
+def test_draws_computed_once_are_unchanged_bit_for_bit():
+    """The identity product that keeps XLA from recomputing the draws per point must not round them (x * 1 plus
+    zeros is exact; only a -0.0 would turn +0.0, which uniform draws on [a, b) never produce)."""
+    augs = jax.vmap(geometry.sample_augmentation)(jax.random.split(jax.random.key(3), 256))
+    once = jax.jit(geometry._computed_once)(augs)
+    for drawn, kept in zip(augs, once):
+        np.testing.assert_array_equal(np.asarray(kept).view(np.uint32), np.asarray(drawn).view(np.uint32))
 
 
 def test_encode_sample_is_one_sample_of_encode_batch():
@@ -394,7 +403,7 @@ def test_encode_batch_without_key_equals_reference():
     depths, centers, joints = (np.stack([s[i] for s in scenes]) for i in range(3))
     voxels, coords = encode_batch(jnp.asarray(depths), jnp.asarray(centers, jnp.float64), jnp.asarray(joints), None,
                                   spec, 32)
-    assert voxels.dtype == jnp.float32 and coords.dtype == jnp.float64  # float64 centres: float64 coordinates
+    assert voxels.dtype == jnp.uint8 and coords.dtype == jnp.float64  # float64 centres: float64 coordinates
     transform = ref.V2VVoxelization(spec.cube_mm, 32)
     for b in range(2):
         sample = {"points": ref.depth_to_points(depths[b], spec), "keypoints": joints[b], "refpoint": centers[b]}

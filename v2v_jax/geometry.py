@@ -25,6 +25,7 @@ MAX_ANGLE_DEG = 40.0
 MAX_TRANSLATION_VOXELS = 4.0
 POOL_FACTOR = 2
 SIGMA = 1.7
+OCCUPANCY_DTYPE = jnp.uint8  # 0/1 in one byte: a quarter of float32's memory traffic; the first conv casts it
 DECODE_METHODS = ("argmax", "parabola", "window_mean", "soft_argmax")
 
 
@@ -49,11 +50,14 @@ def _namespace(array):
     return np if isinstance(array, np.ndarray) else jnp
 
 
+def _pixel_to_world_xyz(u, v, d, camera):
+    fx, fy, cx, cy = camera_intrinsics(camera)
+    return (u - cx) * d / fx, (v - cy) * d / fy, d
+
+
 def pixel_to_world(uvd, camera):
     """(..., 3) pixel u (column), v (row), depth d -> world x, y, z; NumPy in gives NumPy out (float64 stays)."""
-    fx, fy, cx, cy = camera_intrinsics(camera)
-    u, v, d = uvd[..., 0], uvd[..., 1], uvd[..., 2]
-    return _namespace(uvd).stack([(u - cx) * d / fx, (v - cy) * d / fy, d], axis=-1)
+    return _namespace(uvd).stack(_pixel_to_world_xyz(uvd[..., 0], uvd[..., 1], uvd[..., 2], camera), axis=-1)
 
 
 def world_to_pixel(xyz, camera):
@@ -63,16 +67,24 @@ def world_to_pixel(xyz, camera):
     return _namespace(xyz).stack([x * fx / z + cx, y * fy / z + cy, z], axis=-1)
 
 
-def depth_to_points(depth: jax.Array, spec: DatasetSpec, dtype=jnp.float32) -> jax.Array:
-    """(H, W) depth in mm -> (H*W, 3) world points; zero depth becomes `spec.background_mm` (None: stays 0)."""
-    if depth.shape != (spec.height, spec.width):
+def _depth_to_world_xyz(depth, spec: DatasetSpec, dtype):
+    """(..., H, W) depth in mm -> world x, y, z, each (..., H, W)."""
+    if depth.shape[-2:] != (spec.height, spec.width):
         raise ValueError(f"depth image of shape {depth.shape} does not match {spec.name}'s "
                          f"{spec.height} x {spec.width}")
     z = jnp.asarray(depth).astype(dtype)
     if spec.background_mm is not None:
         z = jnp.where(z == 0, jnp.asarray(spec.background_mm, dtype), z)
-    v, u = jnp.meshgrid(jnp.arange(spec.height, dtype=dtype), jnp.arange(spec.width, dtype=dtype), indexing="ij")
-    return pixel_to_world(jnp.stack([u, v, z], axis=-1), spec).reshape(-1, 3)
+    v = jnp.arange(spec.height, dtype=dtype)[:, None]
+    u = jnp.arange(spec.width, dtype=dtype)[None, :]
+    return _pixel_to_world_xyz(u, v, z, spec)
+
+
+def depth_to_points(depth: jax.Array, spec: DatasetSpec, dtype=jnp.float32) -> jax.Array:
+    """(H, W) depth in mm -> (H*W, 3) world points; zero depth becomes `spec.background_mm` (None: stays 0)."""
+    if depth.ndim != 2:
+        raise ValueError(f"depth image of shape {depth.shape} is not one {spec.height} x {spec.width} image")
+    return jnp.stack(_depth_to_world_xyz(depth, spec, dtype), axis=-1).reshape(-1, 3)
 
 
 # --- augmentation and the world <-> grid map -------------------------------------------------------------------
@@ -99,12 +111,23 @@ def sample_augmentation(key: jax.Array, dtype=jnp.float32) -> Augmentation:
         jax.random.uniform(k_trans, (3,), dtype, -MAX_TRANSLATION_VOXELS, MAX_TRANSLATION_VOXELS))
 
 
-def _rotate_xy(d, angle, inverse=False):
+def _rotate_xy(x, y, angle, inverse=False):
     cos, sin = jnp.cos(angle), jnp.sin(angle)
     if inverse:
         sin = -sin
-    x, y = d[..., 0], d[..., 1]
-    return jnp.stack([cos * x - sin * y, sin * x + cos * y, d[..., 2]], axis=-1)
+    return cos * x - sin * y, sin * x + cos * y
+
+
+def _world_to_grid_xyz(xyz, center, cube_mm, grid_size: int, aug: Augmentation | None):
+    """`world_to_grid` on the components (x, y, z) of the points; `center` (..., 3) and `aug` broadcast to them."""
+    dtype = _float_dtype(*xyz, center)
+    center, voxels_per_mm = jnp.asarray(center, dtype), jnp.asarray(grid_size / cube_mm, dtype)
+    d = [(jnp.asarray(p, dtype) - center[..., i]) * voxels_per_mm for i, p in enumerate(xyz)]
+    if aug is None:
+        return tuple(di + grid_size / 2 for di in d)
+    scale, translation = jnp.asarray(aug.scale, dtype), jnp.asarray(aug.translation, dtype)
+    rotated = (*_rotate_xy(d[0], d[1], jnp.asarray(aug.angle, dtype)), d[2])
+    return tuple(scale * r + grid_size / 2 + translation[..., i] for i, r in enumerate(rotated))
 
 
 def world_to_grid(points, center, cube_mm, grid_size: int, aug: Augmentation | None = None) -> jax.Array:
@@ -112,12 +135,8 @@ def world_to_grid(points, center, cube_mm, grid_size: int, aug: Augmentation | N
 
     The offset p - r is formed first, so its rounding error is relative to the offset, not to |p|.
     """
-    dtype = _float_dtype(points, center)
-    d = (jnp.asarray(points, dtype) - jnp.asarray(center, dtype)) * jnp.asarray(grid_size / cube_mm, dtype)
-    if aug is None:
-        return d + grid_size / 2
-    d = jnp.asarray(aug.scale, dtype) * _rotate_xy(d, jnp.asarray(aug.angle, dtype))
-    return d + grid_size / 2 + jnp.asarray(aug.translation, dtype)
+    xyz = (points[..., 0], points[..., 1], points[..., 2])
+    return jnp.stack(_world_to_grid_xyz(xyz, center, cube_mm, grid_size, aug), axis=-1)
 
 
 def grid_to_world(coords, center, cube_mm, grid_size: int, aug: Augmentation | None = None) -> jax.Array:
@@ -125,33 +144,38 @@ def grid_to_world(coords, center, cube_mm, grid_size: int, aug: Augmentation | N
     dtype = _float_dtype(coords, center)
     d = jnp.asarray(coords, dtype) - grid_size / 2
     if aug is not None:
-        d = _rotate_xy((d - jnp.asarray(aug.translation, dtype)) / jnp.asarray(aug.scale, dtype),
-                       jnp.asarray(aug.angle, dtype), inverse=True)
+        d = (d - jnp.asarray(aug.translation, dtype)) / jnp.asarray(aug.scale, dtype)
+        x, y = _rotate_xy(d[..., 0], d[..., 1], jnp.asarray(aug.angle, dtype), inverse=True)
+        d = jnp.stack([x, y, d[..., 2]], axis=-1)
     return d * jnp.asarray(cube_mm / grid_size, dtype) + jnp.asarray(center, dtype)
 
 
-def voxelize_grid_coords(coords: jax.Array, grid_size: int, dtype=jnp.float32) -> jax.Array:
-    """(..., P, 3) continuous voxel coordinates -> (..., N, N, N) occupancy: voxel floor(c') is 1 where
-    0 <= floor(c') < N on every axis, 0 elsewhere.
+def _occupancy(xyz, grid_size: int, batch_shape: tuple[int, ...], dtype=OCCUPANCY_DTYPE) -> jax.Array:
+    """Grid coordinates as components (x, y, z), each of shape batch_shape + point axes -> batch_shape + (N, N, N).
 
-    Leading batch axes are folded into one flat scatter, which XLA runs fastest on CPU and which reshapes to any
+    The batch is folded into one flat scatter, which XLA runs fastest on CPU and which reshapes to any
     (..., N, N, N[, 1]) without a copy (a vmapped scatter is about half as fast and copies to add a channel axis).
     """
-    n, batch = grid_size, coords.shape[:-2]
-    volumes = math.prod(batch)
+    n, volumes = grid_size, math.prod(batch_shape)
     if volumes * n ** 3 >= 2 ** 31:
         raise ValueError(f"{volumes} grids of {n}^3 voxels overflow int32 indices; voxelise in smaller batches")
-    x, y, z = coords[..., 0], coords[..., 1], coords[..., 2]
+    x, y, z = xyz
     inside = (x >= 0) & (x < n) & (y >= 0) & (y < n) & (z >= 0) & (z < n)  # = 0 <= floor(c) < N; NaN is outside
     i, j, k = [jnp.floor(jnp.where(inside, c, 0)).astype(jnp.int32) for c in (x, y, z)]
-    volume = jnp.arange(volumes, dtype=jnp.int32).reshape(*batch, 1)
+    volume = jnp.arange(volumes, dtype=jnp.int32).reshape(batch_shape + (1,) * (x.ndim - len(batch_shape)))
     flat = jnp.where(inside, ((volume * n + i) * n + j) * n + k, volumes * n ** 3)  # past the end: dropped
     grid = jnp.zeros((volumes * n ** 3,), dtype).at[flat.reshape(-1)].set(1, mode="drop")
-    return grid.reshape(*batch, n, n, n)
+    return grid.reshape(*batch_shape, n, n, n)
+
+
+def voxelize_grid_coords(coords: jax.Array, grid_size: int, dtype=OCCUPANCY_DTYPE) -> jax.Array:
+    """(..., P, 3) continuous voxel coordinates -> (..., N, N, N) occupancy: voxel floor(c') is 1 where
+    0 <= floor(c') < N on every axis, 0 elsewhere."""
+    return _occupancy((coords[..., 0], coords[..., 1], coords[..., 2]), grid_size, coords.shape[:-2], dtype)
 
 
 def voxelize(points, center, cube_mm, grid_size: int, aug: Augmentation | None = None,
-             dtype=jnp.float32) -> jax.Array:
+             dtype=OCCUPANCY_DTYPE) -> jax.Array:
     """(P, 3) world points -> (N, N, N) occupancy of the cube of side `cube_mm` around `center`.
 
     float32 and float64 agree except for points within rounding of a voxel face (tests/test_geometry.py).
@@ -159,35 +183,57 @@ def voxelize(points, center, cube_mm, grid_size: int, aug: Augmentation | None =
     return voxelize_grid_coords(world_to_grid(points, center, cube_mm, grid_size, aug), grid_size, dtype)
 
 
-def _encode(depths, centers, joints, augs: Augmentation | None, spec, grid_size, cube_mm):
+def _computed_once(augs: Augmentation) -> Augmentation:
+    """`augs` (one per sample) unchanged, as the output of a matrix product with the identity (exact for finite
+    values, up to the sign of a zero).
+
+    XLA:CPU fuses the operations that turn random bits into these draws into their consumers; in the voxel
+    scatter's flat loop over B*H*W points it then redoes them for every point, unvectorised (encoding ~3x slower,
+    bench/geometry.py). It never fuses a dot into its consumers, so behind one they are computed once.
+    """
+    flat = jnp.concatenate([augs.scale[:, None], augs.angle[:, None], augs.translation], axis=1)
+    flat = jnp.matmul(flat, jnp.eye(flat.shape[1], dtype=flat.dtype), precision=jax.lax.Precision.HIGHEST)
+    return Augmentation(flat[:, 0], flat[:, 1], flat[:, 2:])
+
+
+def _per_sample(tree, point_axes: int):
+    """Leaves (B, ...) -> (B, 1 x point_axes, ...): one value per sample, broadcast over its points."""
+    return jax.tree.map(lambda a: a.reshape(a.shape[:1] + (1,) * point_axes + a.shape[1:]), tree)
+
+
+def _encode(depths, centers, joints, augs: Augmentation | None, spec, grid_size, cube_mm, dtype):
     """The batched encoding, given one augmentation per sample (leading axis B) or None."""
     cube_mm = spec.cube_mm if cube_mm is None else cube_mm
-    to_grid = jax.vmap(lambda p, c, a: world_to_grid(p, c, cube_mm, grid_size, a))
-    points = jax.vmap(lambda d: depth_to_points(d, spec))(depths)
-    voxels = voxelize_grid_coords(to_grid(points, centers, augs), grid_size)
-    return voxels[..., None], to_grid(joints, centers, augs)
+    augs = None if augs is None else _computed_once(augs)
+    # Pixels stay (B, H, W) components: as stacked (B, H*W, 3) points the encoding took 2.6x longer on CPU.
+    pixels = _world_to_grid_xyz(_depth_to_world_xyz(depths, spec, jnp.float32), _per_sample(centers, 2), cube_mm,
+                                grid_size, _per_sample(augs, 2))
+    voxels = _occupancy(pixels, grid_size, depths.shape[:1], dtype)
+    joint_coords = world_to_grid(joints, _per_sample(centers, 1), cube_mm, grid_size, _per_sample(augs, 1))
+    return voxels[..., None], joint_coords
 
 
 def encode_sample(depth, center, joints, key: jax.Array | None, spec: DatasetSpec, grid_size: int = 88,
-                  cube_mm: float | None = None) -> tuple[jax.Array, jax.Array]:
-    """Depth (H, W), centre (3,), joints (J, 3) -> voxels (N, N, N, 1) and joint grid coordinates c' (J, 3).
+                  cube_mm: float | None = None, dtype=OCCUPANCY_DTYPE) -> tuple[jax.Array, jax.Array]:
+    """Depth (H, W), centre (3,), joints (J, 3) -> voxels (N, N, N, 1) of `dtype` and joint grid coordinates c'
+    (J, 3).
 
     `key` None means no augmentation (evaluation); otherwise one draw shared by the voxels and the joints.
     """
     aug = None if key is None else jax.tree.map(lambda x: x[None], sample_augmentation(key))
     voxels, coords = _encode(depth[None], jnp.asarray(center)[None], jnp.asarray(joints)[None], aug, spec,
-                             grid_size, cube_mm)
+                             grid_size, cube_mm, dtype)
     return voxels[0], coords[0]
 
 
 def encode_batch(depths, centers, joints, key: jax.Array | None, spec: DatasetSpec, grid_size: int = 88,
-                 cube_mm: float | None = None) -> tuple[jax.Array, jax.Array]:
+                 cube_mm: float | None = None, dtype=OCCUPANCY_DTYPE) -> tuple[jax.Array, jax.Array]:
     """Batched `encode_sample`: (B, H, W), (B, 3), (B, J, 3) -> (B, N, N, N, 1), (B, J, 3).
 
     Sample b draws its augmentation with `jax.random.split(key, B)[b]`; key None: no augmentation.
     """
     augs = None if key is None else jax.vmap(sample_augmentation)(jax.random.split(key, depths.shape[0]))
-    return _encode(depths, centers, joints, augs, spec, grid_size, cube_mm)
+    return _encode(depths, centers, joints, augs, spec, grid_size, cube_mm, dtype)
 
 
 # --- heatmap targets and loss ----------------------------------------------------------------------------------
