@@ -12,10 +12,11 @@ and 21 x 44^3 Gaussian targets, with a training augmentation draw.
 - JAX "train step, f32 voxels": the same with float32 occupancy, as the reference stores it;
 - JAX "materialised": `encode_batch` + `gaussian_heatmaps`, returning voxels and targets like the reference;
 - JAX "from host": the train-step form with the depth maps copied from the host every step.
-JAX runs a batch at a time (default 32 on CPU, 64 on GPU) with inputs on the device. The forms are timed in
-interleaved rounds; the best and the median of the rounds are reported. Unless --all-cores is given, the process is
-pinned to one CPU core before JAX starts (its thread pool then shares that core), so CPU figures are per core. On a
-GPU the JAX figures are the device's and the reference stays one core.
+Like `python train.py`, the script restarts itself with malloc on huge pages (`v2v_jax/hugepages.py`;
+`V2V_HUGEPAGES=0` keeps the default malloc). JAX runs a batch at a time (default 32 on CPU, 64 on GPU) with inputs
+on the device. The forms are timed in interleaved rounds; the best and the median of the rounds are reported.
+Unless --all-cores is given, the process is pinned to one CPU core before JAX starts (its thread pool then shares
+that core), so CPU figures are per core. On a GPU the JAX figures are the device's and the reference stays one core.
 Decoding: per-axis error (in input voxels) of argmax and of the refinements on synthetic heatmaps.
 """
 
@@ -28,6 +29,8 @@ import os
 import platform
 import time
 from pathlib import Path
+
+from v2v_jax.hugepages import restart_with_huge_pages
 
 
 def parse_args(argv=None):
@@ -43,6 +46,8 @@ def parse_args(argv=None):
 
 
 ARGS = parse_args() if __name__ == "__main__" else None
+if ARGS is not None:
+    restart_with_huge_pages()  # as train.py does; V2V_HUGEPAGES=0 measures the default malloc
 if ARGS is not None and not ARGS.all_cores:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # before JAX creates its threads
 
