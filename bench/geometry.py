@@ -48,8 +48,8 @@ def parse_args(argv=None):
 ARGS = parse_args() if __name__ == "__main__" else None
 if ARGS is not None:
     restart_with_huge_pages()  # as train.py does; V2V_HUGEPAGES=0 measures the default malloc
-if ARGS is not None and not ARGS.all_cores:
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # before JAX creates its threads
+    if not ARGS.all_cores:
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # before JAX creates its threads
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -150,7 +150,7 @@ def grid_to_world(coords, center, cube_mm, grid_size: int, aug: Augmentation | N
     return d * jnp.asarray(cube_mm / grid_size, dtype) + jnp.asarray(center, dtype)
 
 
-def _occupancy(xyz, grid_size: int, batch_shape: tuple[int, ...], dtype=OCCUPANCY_DTYPE) -> jax.Array:
+def _occupancy(xyz, grid_size: int, batch_shape: tuple[int, ...], dtype) -> jax.Array:
     """Grid coordinates as components (x, y, z), each of shape batch_shape + point axes -> batch_shape + (N, N, N).
 
     The batch is folded into one flat scatter, which XLA runs fastest on CPU and which reshapes to any
