@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from v2v_jax import geometry
-from v2v_jax.train.data import output_layer_floor, report_overfit
+from v2v_jax.train.checks import output_layer_floor, report_overfit
 from v2v_jax.train.plots import compare_runs
 
 START = {"step": 0, "train_loss": 1.55e-2, "zero_output_loss": 1.55e-2, "output_floor_loss": 1.08e-3, "num_joints": 21}

@@ -33,8 +33,7 @@ from v2v_jax.data.synth import write_msra_dataset
 from v2v_jax.model import Basic3DBlock
 from v2v_jax.train import run_dir as run_dir_lib
 from v2v_jax.train.checkpoint import Checkpointer, CheckpointError, CorruptCheckpointError
-from v2v_jax.train.data import truncate_log
-from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log
+from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log, truncate_log
 from v2v_jax.train.step import TrainState, init_state, make_optimizer, make_update, numerics_for
 
 MiB = 2**20
@@ -303,17 +302,19 @@ class TinyNet(nnx.Module):
         return self.block(x)
 
 
-def run_steps(on_nonfinite: str, inject_nan_at_step: int, steps: int):
-    """[(state before, metrics, state after)] of `steps` updates of TinyNet on a fixed batch."""
+def run_steps(on_nonfinite: str, nan_at_step: int, steps: int):
+    """[(state before, metrics, state after)] of `steps` updates of TinyNet on a fixed batch, whose targets are NaN
+    at step `nan_at_step` (counted from 1)."""
     tx = make_optimizer("rmsprop", 1e-2)
     train_def, _, state = init_state(TinyNet(nnx.Rngs(0)), tx, 0)
-    update = jax.jit(make_update(train_def, tx, on_nonfinite=on_nonfinite, inject_nan_at_step=inject_nan_at_step))
+    update = jax.jit(make_update(train_def, tx, on_nonfinite=on_nonfinite))
     rng = np.random.default_rng(0)
     voxels = (rng.random((2, 4, 4, 4, 1)) < 0.5).astype(np.float32)
     coords = rng.uniform(0, 4, (2, 3, 3)).astype(np.float32)
     history = []
     for _ in range(steps):
-        new, metrics = update(state, voxels, coords)
+        poison = np.nan if int(state.step) + 1 == nan_at_step else 1.0
+        new, metrics = update(state, voxels, coords * np.float32(poison))
         history.append((state, jax.device_get(metrics), new))
         state = new
     return history
@@ -322,13 +323,13 @@ def run_steps(on_nonfinite: str, inject_nan_at_step: int, steps: int):
 def test_injected_nan_is_flagged_at_its_step():
     """Step 3 (counted from 1, as the loop logs and names steps) gets NaN gradients; it alone is flagged, and the
     loop stops there (end to end: test_resume.py)."""
-    history = run_steps("stop", inject_nan_at_step=3, steps=3)
+    history = run_steps("stop", nan_at_step=3, steps=3)
     assert [bool(m["finite"]) for _, m, _ in history] == [True, True, False]
     assert [int(after.step) for _, _, after in history] == [1, 2, 3]
 
 
 def test_injected_nan_step_is_skipped_and_counted():
-    history = run_steps("skip", inject_nan_at_step=3, steps=5)
+    history = run_steps("skip", nan_at_step=3, steps=5)
     assert [bool(m["finite"]) for _, m, _ in history] == [True, True, False, True, True]
     before, _, after = history[2]
     for name in ("params", "batch_stats", "opt_state"):  # the skipped step changed nothing but the counters
@@ -517,7 +518,7 @@ def test_empty_cube_check_matches_the_voxeliser(clean_set):
 
 def test_train_config_passes_the_policy_to_the_data_sets(clean_set, tmp_path):
     from v2v_jax.config import Config
-    from v2v_jax.train.data import open_datasets
+    from v2v_jax.train.datasets import open_datasets
     root = faulty_copy(clean_set, tmp_path, lambda r: rewrite_depth(r, move_far))
     cfg = Config(root=str(root), synth_frames=34, synth_subjects=2, test_subject=TEST_SUBJECT, on_bad_frame="skip")
     train, test, _ = open_datasets(cfg)

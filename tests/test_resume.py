@@ -26,11 +26,10 @@ import numpy as np
 import pytest
 
 from test_reliability import MiB, data_files, fill_disk, flip_bytes, tmpfs, truncate_half
-from v2v_jax.config import Config, parse_config
+from v2v_jax.config import Config, parse_config, repeat_flags
 from v2v_jax.data import msra
 from v2v_jax.data.synth import write_msra_dataset
 from v2v_jax.train.checkpoint import Checkpointer
-from v2v_jax.train.data import repeat_flags
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES, SUBJECTS = 40, 2
@@ -56,6 +55,11 @@ def train_args(synth_root: Path, out: Path, *extra: str) -> list[str]:
             "--synth-subjects", str(SUBJECTS), "--out", str(out), "--grid", "16", "--width", "4", "--batch-size", "4",
             "--epochs", "2", "--checkpoint-every", "2", "--log-every", "1", "--eval-batches", "1", "--plots", "false",
             *extra]
+
+
+def nan_args(args: list[str], step: int) -> list[str]:
+    """`train_args` run through tests/faults.py, which gives step `step` NaN labels."""
+    return [args[0], str(REPO / "tests" / "faults.py"), "--nan-at-step", str(step), *args[2:]]
 
 
 class Run:
@@ -330,10 +334,9 @@ def test_nan_gradient_stops_the_run_naming_the_step_and_earlier_checkpoints_stay
     """Issue 9 item 5, 'stop': NaN gradients at step 7 stop the run there, naming step 7 and the last good checkpoint
     (6); every checkpoint on disk verifies, and --resume (without the fault) continues from 6 to the end.
 
-    (Not compared with the uninterrupted run: the injection is compiled into the step, and a different program may
-    round differently.)"""
+    The fault is NaN labels at step 7 (tests/faults.py)."""
     out = tmp_path / "run"
-    run = Run(train_args(synth_root, out, "--inject-nan-at-step", "7"), env, out, "nan")
+    run = Run(nan_args(train_args(synth_root, out), 7), env, out, "nan")
     assert run.finish() == 2, run.output[-3000:]
     assert re.search(r"error: non-finite loss or gradient at step 7 \(loss .*\); stopped without saving it\. Last "
                      r"good checkpoint: \S*checkpoints/6\. Resume from it with --resume, or pass --on-nonfinite skip",
@@ -355,8 +358,7 @@ def test_nan_gradient_step_is_skipped_and_counted_under_skip(synth_root, env, tm
     """Issue 9 item 5, 'skip': the step is skipped, named and counted (stdout, metrics.jsonl, the state); the run
     finishes with finite parameters."""
     out = tmp_path / "run"
-    run = run_to_end(train_args(synth_root, out, "--inject-nan-at-step", "7", "--on-nonfinite", "skip"), env, out,
-                     "skip")
+    run = run_to_end(nan_args(train_args(synth_root, out, "--on-nonfinite", "skip"), 7), env, out, "skip")
     assert "step 7: non-finite loss or gradient; skipped it (1 so far)" in run.output
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["skipped"]) for r in log if "skipped" in r] == [(s, int(s >= 7)) for s in range(1, 11)]

@@ -15,7 +15,7 @@ import torch
 from v2v_jax import geometry
 from v2v_jax.studies import overfit, plans, study
 from v2v_jax.studies.__main__ import parse_args
-from v2v_jax.train.data import dead_output_warning
+from v2v_jax.train.checks import dead_output_warning
 
 GRID, WIDTH, LR = 24, 8, 1e-3
 PARITY_STEPS = 5

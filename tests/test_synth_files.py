@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from v2v_jax.data import cameras, synth
+from v2v_jax.data.base import DataError
 from v2v_jax.data.msra import encode_depth_bin
 
 FRAMES, SUBJECTS, SEED = 2 * 17 + 3, 2, 7
@@ -76,19 +77,44 @@ def test_centre_files_list_folds_in_subject_gesture_frame_order(written):
             np.testing.assert_array_equal(rows.astype(np.float32), frames.centers[chosen])
 
 
-def test_existing_set_is_reused_and_a_different_one_replaced(tmp_path, capsys):
+def test_existing_set_is_reused_and_a_different_one_refused(tmp_path, capsys):
+    """A set is never replaced: a run reading it would see new depth beside old labels. Another set's parameters are
+    refused by name, and the set on disk stays byte for byte."""
     root = tmp_path / "set"
     frames = 17
     synth.write_msra_dataset(root, frames=frames, seed=0, subjects=1)
     probe = root / "P0" / "1" / "000000_depth.bin"
-    before = probe.stat().st_mtime_ns
+    before = probe.stat().st_mtime_ns, probe.read_bytes()
     synth.main(["--out", str(root), "--frames", str(frames), "--seed", "0", "--subjects", "1"])
-    assert probe.stat().st_mtime_ns == before
+    assert (probe.stat().st_mtime_ns, probe.read_bytes()) == before
     assert "reused" in capsys.readouterr().out
-    synth.write_msra_dataset(root, frames=frames, seed=1, subjects=1)
-    assert json.loads((root / synth.MARKER).read_text())["seed"] == 1
-    assert probe.read_bytes() == encode_depth_bin(synth.generate(frames, 1, 1).depth[0])
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no staging or retired folders left
+    with pytest.raises(DataError, match=r"set: holds another synthetic set \(17 frames, 1 subjects, seed 0 .*\), not "
+                                        r"the one asked for \(17 frames, 1 subjects, seed 1 .*nothing was replaced"):
+        synth.write_msra_dataset(root, frames=frames, seed=1, subjects=1)
+    assert (probe.stat().st_mtime_ns, probe.read_bytes()) == before
+    assert json.loads((root / synth.MARKER).read_text())["seed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]  # no staging folder left
+
+
+def test_default_folders_are_keyed_by_the_parameters():
+    assert synth.set_name(2400, 0, 5) != synth.set_name(2400, 1, 5) != synth.set_name(2000, 1, 5)
+
+
+def test_two_processes_generating_the_same_set_both_get_it(tmp_path, monkeypatch):
+    """The second to finish finds the first's set in place (its rename fails) and keeps it."""
+    root = tmp_path / "set"
+    original, raced = synth._write_tree, []
+
+    def racing(staging, *args):
+        original(staging, *args)
+        if not raced:
+            raced.append(1)
+            synth.write_msra_dataset(root, 17, 0, 1)  # the other process finishes first
+
+    monkeypatch.setattr(synth, "_write_tree", racing)
+    assert synth.write_msra_dataset(root, 17, 0, 1) == root
+    assert json.loads((root / synth.MARKER).read_text())["seed"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
 
 
 def test_parallel_workers_write_the_same_files(tmp_path, written):
@@ -104,7 +130,7 @@ def test_folder_that_is_not_a_synthetic_set_is_never_replaced(tmp_path):
     root = tmp_path / "data"
     root.mkdir()
     (root / "mine.txt").write_text("keep")
-    with pytest.raises(FileExistsError, match="not a synthetic set"):
+    with pytest.raises(DataError, match="not a synthetic set"):
         synth.write_msra_dataset(root, frames=17, seed=0, subjects=1)
     assert (root / "mine.txt").read_text() == "keep"
 

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import shlex
+import sys
 import types
 import typing
 from pathlib import Path
+
+from v2v_jax.data.cameras import MSRA_GESTURES
 
 DATASET_CHOICES = ("synth", "msra", "icvl", "nyu", "hands2017", "itop")
 
@@ -58,7 +63,6 @@ class Config:
     coordinator: str | None = None   # multi-host: host:port of process 0 (jax.distributed.initialize)
     num_processes: int = 1
     process_id: int = 0
-    inject_nan_at_step: int | None = None  # fault injection (reliability tests): NaN gradients at this step
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -83,6 +87,76 @@ CHOICES = {
 }
 
 
+def _at_least(low: int, unset: str | None = None):
+    """A rule: an integer >= `low`; with `unset`, also None (the flag left out), described by `unset`."""
+    text = f"must be an integer >= {low}" + (f" (leave the flag out for {unset})" if unset else "")
+    return (lambda v: (v is None and unset is not None) or (v is not None and v >= low)), text
+
+
+def _positive(unset: str | None = None):
+    text = "must be a finite number > 0" + (f" (leave the flag out for {unset})" if unset else "")
+    return (lambda v: (v is None and unset is not None) or (v is not None and math.isfinite(v) and v > 0)), text
+
+
+# Each numeric field's valid range: (predicate, what it must be).
+RULES = {
+    "lr": _positive(),
+    "cube_mm": _positive("the data set's cube"),
+    "batch_size": _at_least(1),
+    "epochs": _at_least(1),
+    "max_steps": _at_least(1, "no limit"),
+    "checkpoint_every": _at_least(0),  # 0: only at the end of each epoch
+    "log_every": _at_least(1),
+    "eval_batches": _at_least(1, "the whole test set"),
+    "keep_checkpoints": _at_least(1),
+    # The network halves the grid three times (v2v_jax/model.py: one pooling before the encoder, two inside it) and
+    # adds each encoder level to its decoder level, so the grid must divide by 8.
+    "grid": ((lambda v: v >= 8 and v % 8 == 0), "must be a positive multiple of 8 (8, 16, 24, ...): the network "
+                                                "halves it three times"),
+    "width": _at_least(2),  # the first block has width // 2 channels
+    "synth_frames": _at_least(1),
+    "synth_subjects": _at_least(2),  # one held out for testing, at least one to train on
+    "synth_seed": _at_least(0),
+    "seed": _at_least(0),
+    "num_workers": _at_least(0),
+    "overfit": _at_least(0),
+    "test_subject": _at_least(0, "the last subject (synth)"),
+    "num_processes": _at_least(1),
+    "process_id": _at_least(0),
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def problems(cfg: "Config") -> list[str]:
+    """One line for each flag of `cfg` out of its range or inconsistent with another; empty if none is."""
+    found = [f"{_flag(name)} {getattr(cfg, name)}: {text}" for name, (ok, text) in RULES.items()
+             if not ok(getattr(cfg, name))]
+    if cfg.data == "synth" and cfg.synth_frames < cfg.synth_subjects * len(MSRA_GESTURES):
+        found.append(f"--synth-frames {cfg.synth_frames}: must be at least {len(MSRA_GESTURES)} per subject, "
+                     f"{cfg.synth_subjects * len(MSRA_GESTURES)} for --synth-subjects {cfg.synth_subjects}")
+    if cfg.data == "synth" and cfg.test_subject is not None and cfg.test_subject >= cfg.synth_subjects:
+        found.append(f"--test-subject {cfg.test_subject}: the synthetic set has subjects 0..{cfg.synth_subjects - 1}")
+    if cfg.data != "synth" and cfg.root is None:
+        found.append(f"--data {cfg.data}: needs --root DIR (and usually --centers)")
+    if cfg.data == "msra" and cfg.test_subject is None:
+        found.append("--data msra: needs --test-subject K (the held-out subject, 0-8)")
+    if cfg.process_id >= cfg.num_processes:
+        found.append(f"--process-id {cfg.process_id}: must be below --num-processes {cfg.num_processes}")
+    return found
+
+
+class Parser(argparse.ArgumentParser):
+    """Bad flags are reported in one line each, without the (long) usage text."""
+
+    def error(self, message: str):
+        sys.stderr.write("".join(f"{self.prog}: error: {line}\n" for line in message.splitlines()))
+        sys.stderr.write(f"{self.prog}: --help lists every option\n")
+        raise SystemExit(2)
+
+
 def _base_type(annotation):
     hint = typing.get_type_hints(Config)[annotation]
     if isinstance(hint, types.UnionType):
@@ -99,7 +173,7 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train and evaluate V2V-PoseNet (JAX/Flax NNX).")
+    parser = Parser(description="Train and evaluate V2V-PoseNet (JAX/Flax NNX).")
     for field in dataclasses.fields(Config):
         kind = _base_type(field.name)
         flag = "--" + field.name.replace("_", "-")
@@ -113,11 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_config(argv: list[str] | None = None) -> Config:
-    """Defaults, then the preset, then the flags given on the command line."""
-    args = vars(build_parser().parse_args(argv))
+    """Defaults, then the preset, then the flags given on the command line; every bad flag reported, one per line,
+    and exit status 2."""
+    parser = build_parser()
+    args = vars(parser.parse_args(argv))
     given = {k: v for k, v in args.items() if v is not None}
     preset = PRESETS[given.get("preset", "default")]
-    return Config(**{**preset, **given})
+    cfg = Config(**{**preset, **given})
+    found = problems(cfg)
+    if found:
+        parser.error("\n".join(found))
+    return cfg
 
 
 def save_config(config: Config, run_dir: Path) -> None:
@@ -125,3 +205,17 @@ def save_config(config: Config, run_dir: Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(config.to_json())
     tmp.replace(path)
+
+
+def describe(cfg: Config) -> str:
+    return (f"grid {cfg.grid}^3, cube {cfg.cube_mm or 'data set'} mm, width {cfg.width}, batch {cfg.batch_size}, "
+            f"{cfg.optimizer} lr {cfg.lr}, {cfg.dtype}")
+
+
+def repeat_flags(cfg: Config) -> str:
+    """Flags other than --out/--resume that differ from the defaults, to repeat on resume."""
+    default = Config()
+    skip = {"out", "resume"}
+    flags = [f" --{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(cfg).items()
+             if k not in skip and v != getattr(default, k)]
+    return "".join(flags)

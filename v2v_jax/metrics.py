@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from v2v_jax.data import cameras
+from v2v_jax.data.base import DataError
 from v2v_jax.geometry import pixel_to_world, world_to_pixel
 
 THRESHOLDS_MM = np.arange(0, 81)
@@ -103,11 +104,19 @@ def write_result_file(path, joints_world: np.ndarray, spec: cameras.DatasetSpec)
         raise ValueError(f"{path}: expected joints of shape (frames, joints, 3), got {joints_world.shape}; "
                          "nothing written")
     uvd = world_to_pixel(joints_world, spec)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    if not path.parent.is_dir():
+        raise DataError(f"{path}: cannot write the result file: folder {path.parent} does not exist")
+    try:
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    except OSError as e:
+        raise DataError(f"{path}: cannot write the result file ({e.strerror})") from None
     try:
         with os.fdopen(descriptor, "w") as f:
             np.savetxt(f, uvd.reshape(len(uvd), -1), fmt="%.4f")
         os.replace(temporary, path)
+    except OSError as e:
+        os.unlink(temporary)
+        raise DataError(f"{path}: cannot write the result file ({e.strerror})") from None
     except BaseException:
         os.unlink(temporary)
         raise

@@ -18,8 +18,8 @@ from tqdm import tqdm
 
 from v2v_jax.config import Config, parse_config, save_config
 from v2v_jax.data.loader import epoch_order
-from v2v_jax.train import data as train_data
-from v2v_jax.train.report import format_table, summary
+from v2v_jax.train.datasets import open_datasets
+from v2v_jax.train.report import SteadyRate, format_table, summary
 from v2v_torch_ref import geometry_ref
 from v2v_torch_ref.model import V2VModel
 
@@ -99,7 +99,7 @@ def train(cfg: Config) -> dict:
     dtype = {"float32": torch.float32, "float64": torch.float64}.get(cfg.dtype)
     if dtype is None:
         raise ValueError(f"the PyTorch reference trainer runs float32 or float64, not {cfg.dtype}")
-    train_set, test_set, spec = train_data.open_datasets(cfg)
+    train_set, test_set, spec = open_datasets(cfg)
     model = V2VModel(1, spec.num_joints, cfg.width, init=cfg.init).to(device=device, dtype=dtype)
     optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr)
     run_dir = Path(cfg.out)
@@ -109,7 +109,7 @@ def train(cfg: Config) -> dict:
     total = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps,
                                                                           cfg.epochs * steps_per_epoch)
     step, t0 = 0, time.time()
-    rate = train_data.SteadyRate(0, cfg.batch_size)
+    rate = SteadyRate(0, cfg.batch_size)
     bar = tqdm(total=total, desc="train (torch)", unit="step", dynamic_ncols=True)
     for epoch in range(cfg.epochs):
         for voxels, heatmaps, _, _ in loader(train_set, cfg, spec, epoch, train=True):

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from v2v_jax.data import cameras, hand_model, msra, render
+from v2v_jax.data.base import DataError
 
 SYNTH_VERSION = 1
 DEFAULT_FRAMES = 2400
@@ -176,38 +177,58 @@ def _write_tree(root: Path, frames: int, seed: int, subjects: int, workers: int)
     (root / MARKER).write_text(json.dumps(_marker(frames, seed, subjects), indent=1) + "\n")
 
 
+def set_name(frames: int, seed: int, subjects: int) -> str:
+    """The folder name that keys a set by everything that makes it: generator version, frames, subjects, seed."""
+    return f"v{SYNTH_VERSION}_frames{frames}_subjects{subjects}_seed{seed}"
+
+
+def _describe(marker: dict) -> str:
+    return (f"{marker.get('frames')} frames, {marker.get('subjects')} subjects, seed {marker.get('seed')} (generator "
+            f"version {marker.get('version')})")
+
+
 def write_msra_dataset(out_dir, frames: int = DEFAULT_FRAMES, seed: int = 0, subjects: int = DEFAULT_SUBJECTS,
                        workers: int = 1) -> Path:
     """Generate the set into `out_dir` in MSRA layout (P{s}/{gesture}/, center/), or reuse it if already there.
 
-    `out_dir/synth.json` records the generator version, frames, seed and subjects; a set with the same record is
-    reused, one with another record is replaced. A folder without the record is never touched (error). The set is
-    written to a temporary folder beside `out_dir` and renamed into place, so `out_dir` is always complete.
+    `out_dir/synth.json` records the generator version, frames, seed and subjects. A set with the same record is
+    reused; a folder holding anything else (another set, or files that are no synthetic set) is refused with
+    DataError and left untouched, so that a run reading a set never sees it change. The set is written to a
+    temporary folder beside `out_dir` and renamed into place, so `out_dir` is always complete; of two processes
+    generating the same set at once, the second to finish keeps the first's.
     """
     out_dir = Path(out_dir)
     wanted = _marker(frames, seed, subjects)
-    found = _read_marker(out_dir)
-    if found == wanted:
+    plan_frames(frames, subjects)  # refuses impossible arguments before anything is written
+    if _reusable(out_dir, wanted):
         return out_dir
-    if out_dir.exists() and found is None and any(out_dir.iterdir()):
-        raise FileExistsError(f"{out_dir}: not empty and not a synthetic set (no {MARKER}); refusing to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         _write_tree(staging, frames, seed, subjects, workers)
-        if _read_marker(out_dir) == wanted:  # another process finished the same set meanwhile
-            return out_dir
-        if out_dir.exists():
-            retired = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            out_dir.rename(retired / out_dir.name)
-            staging.rename(out_dir)
-            shutil.rmtree(retired)
-        else:
-            staging.rename(out_dir)
+        try:
+            staging.rename(out_dir)  # atomic; fails if out_dir appeared meanwhile and is not empty
+        except OSError:
+            if not _reusable(out_dir, wanted):
+                raise
     finally:
         if staging.exists():
             shutil.rmtree(staging)
     return out_dir
+
+
+def _reusable(out_dir: Path, wanted: dict) -> bool:
+    """True if `out_dir` holds the set `wanted`, False if it is absent or empty; DataError if it holds anything
+    else."""
+    found = _read_marker(out_dir)
+    if found == wanted:
+        return True
+    if not out_dir.exists() or (out_dir.is_dir() and not any(out_dir.iterdir())):
+        return False
+    if found is None:
+        raise DataError(f"{out_dir}: not empty and not a synthetic set (no {MARKER}); refusing to write one there")
+    raise DataError(f"{out_dir}: holds another synthetic set ({_describe(found)}), not the one asked for "
+                    f"({_describe(wanted)}); choose another folder for it (nothing was replaced)")
 
 
 def main(argv=None) -> None:

@@ -14,7 +14,7 @@ from v2v_jax.studies import divergence, report
 from v2v_jax.studies.overfit import Problem, Result, Variant, jax_has, make_problem
 from v2v_jax.studies.plans import (DIVERGENCE_PAIRS, Budget, Settings, ablation_variants, final_relu_variants,
                                    precision_variants, run_variants)
-from v2v_jax.train.data import dead_output_warning
+from v2v_jax.train.checks import dead_output_warning
 
 FIRST_STEPS = 10  # trajectory agreement is reported over this many steps
 PART = 0.01  # and the step at which two loss curves first differ by this fraction
@@ -259,7 +259,7 @@ def ablation_study(settings: Settings) -> str:
     def write(_=None) -> str:
         parts = [header("V2V ablations: init, optimiser, final ReLU", settings, budget),
                  "![loss curves](ablations.png)\n",
-                 "The dead-output check is `v2v_jax.train.data.dead_output_warning`: it fires when the second "
+                 "The dead-output check is `v2v_jax.train.checks.dead_output_warning`: it fires when the second "
                  "half of the losses stays within 2 % of the all-zero-output loss.\n"]
         for name, e in experiments.items():
             checks = {r.variant.name: dead_output_warning(list(r.losses), e.problem.zero_loss) for r in e.results}

@@ -1,11 +1,16 @@
 """Checkpoints with orbax: the last few and the best, each verified by a content hash on restore.
 
 A checkpoint holds the TrainState's leaves (host arrays, PRNG key as raw data) and a JSON record (data position,
-metrics, the SHA-256 of the leaves). Orbax writes a step into a temporary directory and renames it when complete, so
-a process killed mid-write leaves no step behind (the next run that opens the directory removes the temporary one).
+per-epoch evaluations, best epoch, where each TrainState field's leaves lie). The record's SHA-256 covers the leaves
+and every other field of the record, so neither an array nor the position a resumed run continues from can change
+unnoticed. Orbax writes a step into a temporary directory and renames it when complete, so a process killed
+mid-write leaves no step behind (the writer that next opens the directory removes the temporary one).
 The hash catches what atomicity cannot (bytes changed afterwards): restore falls back to the newest checkpoint that
 verifies, and a resuming run moves the corrupt ones to `<directory>_corrupt/`, kept for inspection and out of the
 way of the steps it writes again.
+
+Readers (`read_only=True`: predict, tests, anything but the training run) never write, delete or clean up: the
+clean-up of temporary directories would delete the checkpoint a running training is writing.
 
 Saving is asynchronous. A write that fails (disk full, directory gone read-only) raises CheckpointError at the next
 `save`, `wait` or `close`, naming the step lost and the last good checkpoint, which stays intact.
@@ -13,15 +18,19 @@ Saving is asynchronous. A write that fails (disk full, directory gone read-only)
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import errno
 import hashlib
 import itertools
+import json
 import logging
 import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -45,53 +54,96 @@ class CorruptCheckpointError(CheckpointError):
     """A checkpoint cannot be read back as it was written."""
 
 
+def _host_state(state: TrainState) -> TrainState:
+    return state.replace(key=jax.random.key_data(state.key))
+
+
 def _leaves(state: TrainState) -> list[np.ndarray]:
-    return jax.tree.leaves(to_host(state.replace(key=jax.random.key_data(state.key))))
+    return jax.tree.leaves(to_host(_host_state(state)))
 
 
-def digest(leaves: list[np.ndarray]) -> str:
+def field_slices(state: TrainState) -> dict[str, list[int]]:
+    """[start, stop) of each TrainState field's leaves in the flat list of `_leaves` (fields flatten in order)."""
+    slices, start = {}, 0
+    for field in dataclasses.fields(state):
+        stop = start + len(jax.tree.leaves(getattr(_host_state(state), field.name)))
+        slices[field.name], start = [start, stop], stop
+    return slices
+
+
+def digest(leaves: list[np.ndarray], record: dict) -> str:
+    """SHA-256 of the arrays (dtype, shape, bytes) and of the record without its own hash."""
     h = hashlib.sha256()
     for x in leaves:
         h.update(str((x.dtype.str, x.shape)).encode())
         h.update(np.ascontiguousarray(x).tobytes())
+    h.update(json.dumps({k: v for k, v in record.items() if k != "sha256"}, sort_keys=True).encode())
     return h.hexdigest()
 
 
-def _reason(error: BaseException) -> str:
-    """The operating system's words for why a write failed, else the error's first line."""
+def _os_error(error: BaseException) -> tuple[int | None, str]:
+    """(errno, the operating system's words) for why a write failed, else (None, the error's first line)."""
     cause = error
     while cause is not None:
         if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
+            return cause.errno, cause.strerror
         code = re.search(r"os_error_code='(\d+)'", str(cause))  # tensorstore's errors carry errno as text
         if code:
-            return os.strerror(int(code.group(1)))
+            return int(code.group(1)), os.strerror(int(code.group(1)))
         cause = cause.__cause__ or cause.__context__
-    return f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+    return None, f"{type(error).__name__}: {str(error).splitlines()[0][:300] if str(error) else ''}"
+
+
+def _reason(error: BaseException) -> str:
+    return _os_error(error)[1]
+
+
+WHAT_TO_DO = {  # after a failed write, by errno
+    errno.ENOSPC: "Free space, then continue with --resume",
+    errno.EDQUOT: "Free space (the disk quota is full), then continue with --resume",
+    errno.EROFS: "Make the directory writable, then continue with --resume",
+    errno.EACCES: "Make the directory writable, then continue with --resume",
+    errno.EPERM: "Make the directory writable, then continue with --resume",
+    errno.ENOENT: "A file of the write vanished while it was written: did another program delete files in the "
+                  "checkpoint directory? Continue with --resume",
+}
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, keep: int = 3):
-        policy = policies.AnyPreservationPolicy([
-            policies.LatestN(keep),
-            policies.BestN(get_metric_fn=lambda m: m[METRIC], reverse=True, n=1,
-                           keep_checkpoints_without_metrics=False),
-        ])
-        self.directory = Path(directory)
-        self.manager = ocp.CheckpointManager(self.directory.absolute(), options=ocp.CheckpointManagerOptions(
-            preservation_policy=policy, cleanup_tmp_directories=True))
+    """The checkpoints of one run directory. One writer (the training run, which holds the run's lock); any number
+    of readers (`read_only=True`), which leave every file as they find it."""
+
+    def __init__(self, directory: Path, keep: int = 3, read_only: bool = False):
+        self.directory, self.read_only = Path(directory), read_only
+        if read_only:
+            if not self.directory.is_dir():
+                raise CheckpointError(f"{self.directory}: no checkpoint folder")
+            options = ocp.CheckpointManagerOptions(read_only=True, create=False, cleanup_tmp_directories=False,
+                                                   save_interval_steps=0)
+        else:
+            policy = policies.AnyPreservationPolicy([
+                policies.LatestN(keep),
+                policies.BestN(get_metric_fn=lambda m: m[METRIC], reverse=True, n=1,
+                               keep_checkpoints_without_metrics=False),
+            ])
+            options = ocp.CheckpointManagerOptions(preservation_policy=policy, cleanup_tmp_directories=True)
+        with _quiet_read_only_notice():
+            self.manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
         self._pending = None  # the step whose asynchronous write is not yet known to have succeeded
         self._failed = False
 
     def save(self, state: TrainState, record: dict[str, Any], metrics: dict[str, float] | None = None) -> int:
         """Starts writing `state` as checkpoint `record['step']`; CheckpointError if this or the previous write
         failed."""
+        if self.read_only:
+            raise CheckpointError(f"{self.directory}: opened read-only; cannot save step {record['step']}")
         leaves = _leaves(state)
         step = int(record["step"])
         self.wait()
         if step in self.steps():
             raise CheckpointError(f"{self.directory / str(step)}: a checkpoint of step {step} exists already")
-        record = {**record, "sha256": digest(leaves), "num_leaves": len(leaves)}
+        record = {**record, "num_leaves": len(leaves), "fields": field_slices(state)}
+        record["sha256"] = digest(leaves, record)
         items = {f"{i:05d}": x for i, x in enumerate(leaves)}
         try:
             # Orbax's writer threads wait (5 min) for a step directory it failed to create, delaying the exit of a
@@ -118,15 +170,19 @@ class Checkpointer:
         good = [s for s in self.steps() if s != step]
         last = (f"the last good checkpoint, {self.directory / str(good[-1])}, is intact" if good
                 else "there is no earlier checkpoint")
-        return CheckpointError(f"could not write checkpoint {self.directory / str(step)}: {_reason(error)}; {last}. "
-                               "Free space or fix the directory, then continue with --resume")
+        code, reason = _os_error(error)
+        advice = WHAT_TO_DO.get(code, "Fix the cause, then continue with --resume")
+        return CheckpointError(f"could not write checkpoint {self.directory / str(step)}: {reason}; {last}. {advice}")
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
 
     def read(self, step: int) -> tuple[list[np.ndarray], dict]:
-        """The arrays and record of checkpoint `step`, verified against the stored hash; CorruptCheckpointError if
-        they cannot be read or do not verify."""
+        """The arrays and record of checkpoint `step`, verified against the stored hash; CheckpointError if there is
+        no such step, CorruptCheckpointError if it cannot be read or does not verify."""
+        if step not in self.steps():
+            raise CheckpointError(f"{self.directory}: no checkpoint of step {step} (there are: "
+                                  f"{', '.join(map(str, self.steps())) or 'none'})")
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                                            record=ocp.args.JsonRestore()))
@@ -136,35 +192,48 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is reported the same way
             raise CorruptCheckpointError(f"checkpoint {self.directory / str(step)} is unreadable: "
                                          f"{_reason(e)}") from e
-        if digest(leaves) != record.get("sha256"):
+        if digest(leaves, record) != record.get("sha256"):
             raise CorruptCheckpointError(f"checkpoint {self.directory / str(step)} is corrupt: content hash "
                                          "mismatch")
         return leaves, record
 
-    def restore(self, template: TrainState, step: int) -> tuple[TrainState, dict]:
-        """Restores `step` into the structure of `template`: CorruptCheckpointError if it does not verify,
-        CheckpointError if its arrays do not fit the template (another model configuration)."""
-        host_template = jax.tree.leaves(template.replace(key=jax.random.key_data(template.key)))
-        leaves, record = self.read(step)
-        expected = [(tuple(np.shape(x)), np.dtype(x.dtype)) for x in host_template]
+    def _fit(self, step: int, leaves: list[np.ndarray], template) -> Any:
+        """`leaves` in the structure of `template`; CheckpointError if their shapes or dtypes differ from it."""
+        expected = [(tuple(np.shape(x)), np.dtype(x.dtype)) for x in jax.tree.leaves(template)]
         found = [(x.shape, x.dtype) for x in leaves]
         if found != expected:
             index, (have, need) = next((i, pair) for i, pair in enumerate(itertools.zip_longest(found, expected))
                                        if pair[0] != pair[1])
             raise CheckpointError(f"checkpoint {self.directory / str(step)} does not fit this model: array {index} is "
-                                  f"{have} there and {need} here (shape, dtype); resume with the run's own "
-                                  "configuration")
-        treedef = jax.tree.structure(template.replace(key=jax.random.key_data(template.key)))
-        state = jax.tree.unflatten(treedef, leaves)
+                                  f"{have} there and {need} here (shape, dtype); use the run's own configuration")
+        return jax.tree.unflatten(jax.tree.structure(template), leaves)
+
+    def restore(self, template: TrainState, step: int) -> tuple[TrainState, dict]:
+        """Restores `step` into the structure of `template`: CorruptCheckpointError if it does not verify,
+        CheckpointError if its arrays do not fit the template (another model configuration)."""
+        leaves, record = self.read(step)
+        state = self._fit(step, leaves, _host_state(template))
         return state.replace(key=jax.random.wrap_key_data(state.key)), record
+
+    def restore_variables(self, params, batch_stats, step: int) -> tuple[Any, Any, dict]:
+        """(params, batch_stats, record) of checkpoint `step`, in the structures of the given templates: what
+        inference needs, without an optimiser or a TrainState. Errors as `restore`."""
+        leaves, record = self.read(step)
+        fields = record["fields"]
+        return (self._fit(step, leaves[slice(*fields["params"])], params),
+                self._fit(step, leaves[slice(*fields["batch_stats"])], batch_stats), record)
 
     def restore_latest(self, template: TrainState, set_aside_corrupt: bool = False
                        ) -> tuple[TrainState, dict] | None:
         """The newest checkpoint that verifies, falling back past corrupt ones (each reported, and moved to
         `<directory>_corrupt/` if `set_aside_corrupt`); None if none verifies."""
+        return self.newest(lambda step: self.restore(template, step), set_aside_corrupt)
+
+    def newest(self, restore: Callable[[int], Any], set_aside_corrupt: bool = False) -> Any:
+        """`restore(step)` of the newest step that does not raise CorruptCheckpointError (as `restore_latest`)."""
         for step in reversed(self.steps()):
             try:
-                return self.restore(template, step)
+                return restore(step)
             except CorruptCheckpointError as e:
                 moved = f"; moved it to {self._set_aside(step)}" if set_aside_corrupt else ""
                 log.warning("%s%s; falling back to an earlier checkpoint", e, moved)
@@ -172,6 +241,8 @@ class Checkpointer:
 
     def _set_aside(self, step: int) -> Path:
         """Moves checkpoint `step` out of the managed directory (process 0 moves, every process re-reads)."""
+        if self.read_only:
+            raise CheckpointError(f"{self.directory}: opened read-only; cannot move checkpoint {step} aside")
         target = self.directory.with_name(self.directory.name + "_corrupt") / str(step)
         copies = 1
         while target.exists():
@@ -195,3 +266,15 @@ class Checkpointer:
             except Exception:  # noqa: BLE001 - a failed write is reported once, by `wait`
                 if not self._failed:
                     raise
+
+
+@contextlib.contextmanager
+def _quiet_read_only_notice():
+    """Orbax logs a warning for every read-only manager it opens; a reader is no cause for one."""
+    absl = logging.getLogger("absl")
+    notice = lambda r: not r.getMessage().startswith("Given directory is read only")  # noqa: E731
+    absl.addFilter(notice)
+    try:
+        yield
+    finally:
+        absl.removeFilter(notice)

@@ -1,38 +1,47 @@
-"""`python train.py`: train V2V-PoseNet, evaluate every epoch, checkpoint, log and draw the results."""
+"""`python train.py`: train V2V-PoseNet, evaluate every epoch, checkpoint, log and draw the results.
+
+A global-step loop in the style of flax/examples: `train_step` and `eval_step` (train/step.py) are pure jitted
+functions of an explicit TrainState; the loop feeds them batches and, after each step, calls what logs, evaluates,
+checkpoints and checks. The data position is a function of the step alone (epoch = step // steps_per_epoch, the
+batch within it = step % steps_per_epoch), so a resumed run continues the same batch order.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import jax
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from v2v_jax.config import Config, parse_config, save_config
+from v2v_jax.config import Config, describe, parse_config, problems, repeat_flags, save_config
 from v2v_jax.data.base import DataError
-from v2v_jax.data.loader import batches
+from v2v_jax.data.loader import BatchLoader
 from v2v_jax.model import V2VModel
-from v2v_jax.train import data as train_data
-from v2v_jax.train import parallel, plots, report
+from v2v_jax.train import checks, datasets, parallel, plots, report
 from v2v_jax.train.checkpoint import METRIC, CheckpointError, Checkpointer
-from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log
+from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log, truncate_log
+from v2v_jax.train.runtime import configure_runtime
 from v2v_jax.train.step import (GeometryConfig, TrainState, init_state, make_eval_step, make_optimizer,
                                 make_train_step, numerics_for)
 
 CHECKPOINT_BYTES_PER_PARAM = 4 * 3  # parameters plus two optimiser-sized copies, float32
+BATCH_KEYS = ("depth", "center", "joints")  # what travels to the device
 
 
 class TrainingError(RuntimeError):
     pass
 
 
-class _StopRequest:
+class StopRequest:
     """SIGINT/SIGTERM ask the loop to checkpoint and exit at the next step boundary."""
 
     def __init__(self):
@@ -46,29 +55,47 @@ class _StopRequest:
             signal.signal(sig, self)
 
 
-def build(cfg: Config, spec, num_joints: int):
+def build_model(cfg: Config, num_joints: int) -> V2VModel:
     numerics = numerics_for(cfg.dtype, cfg.batchnorm, cfg.init, cfg.conv)
-    model = V2VModel(1, num_joints, cfg.width, numerics=numerics, rngs=nnx.Rngs(cfg.seed))
-    tx = make_optimizer(cfg.optimizer, cfg.lr)
-    train_def, eval_def, state = init_state(model, tx, cfg.seed)
-    geo = GeometryConfig(spec, cfg.grid, cfg.cube_mm or spec.cube_mm, augment=cfg.augment and not cfg.overfit,
-                         decode=cfg.decode)
-    return train_def, eval_def, state, tx, geo
+    return V2VModel(1, num_joints, cfg.width, numerics=numerics, rngs=nnx.Rngs(cfg.seed))
 
 
-def evaluate(eval_step, state: TrainState, dataset, cfg: Config, mesh) -> dict:
-    """Predicts every test frame (or `eval_batches` batches) and returns errors in mm.
+def geometry_config(cfg: Config, spec) -> GeometryConfig:
+    return GeometryConfig(spec, cfg.grid, cfg.cube_mm or spec.cube_mm, augment=cfg.augment and not cfg.overfit,
+                          decode=cfg.decode)
+
+
+@dataclasses.dataclass
+class Progress:
+    """What a checkpoint's record holds besides the arrays and the step: each epoch's evaluation, and the best."""
+    history: list = dataclasses.field(default_factory=list)
+    best: dict | None = None
+
+    def record(self, step: int, steps_per_epoch: int) -> dict:
+        epoch, batch = divmod(step, steps_per_epoch)
+        return {"step": step, "epoch": epoch, "batch": batch, "best": self.best, "history": self.history}
+
+    def add_epoch(self, epoch: int, step: int, result: dict) -> "Progress":
+        history = self.history + [{"epoch": epoch, "step": step, "test_loss": result["loss"],
+                                   METRIC: result[METRIC]}]
+        best = self.best
+        if best is None or result[METRIC] < best[METRIC]:
+            best = {"epoch": epoch, "step": step, METRIC: result[METRIC]}
+        return Progress(history, best)
+
+
+def evaluate(eval_step, state: TrainState, loader: BatchLoader, max_batches: int | None, mesh) -> dict:
+    """Predicts every test frame (or `max_batches` batches) and returns errors in mm.
 
     The last, partial batch is padded to the full batch size (static shapes, divisible over devices).
     """
     preds, gts, losses = [], [], []
-    for k, batch in enumerate(batches(dataset, cfg.batch_size, seed=0, epoch=0, shuffle=False, drop_last=False,
-                                      num_workers=cfg.num_workers)):
-        if cfg.eval_batches is not None and k >= cfg.eval_batches:
+    for k, batch in enumerate(loader.epoch(seed=0, epoch=0)):
+        if max_batches is not None and k >= max_batches:
             break
         count = len(batch["joints"])
-        padded = {key: np.concatenate([batch[key], np.repeat(batch[key][-1:], cfg.batch_size - count, axis=0)])
-                  for key in ("depth", "center", "joints")}
+        padded = {key: np.concatenate([batch[key], np.repeat(batch[key][-1:], loader.batch_size - count, axis=0)])
+                  for key in BATCH_KEYS}
         joints, loss = eval_step(state.params, state.batch_stats, parallel.shard_batch(padded, mesh))
         preds.append(parallel.gather(joints)[:count])
         gts.append(batch["joints"])
@@ -77,142 +104,149 @@ def evaluate(eval_step, state: TrainState, dataset, cfg: Config, mesh) -> dict:
     return {"pred": pred, "gt": gt, "loss": float(np.concatenate(losses).mean()), **report.summary(pred, gt)}
 
 
-def train(cfg: Config) -> dict:
-    """Runs (or resumes) a training run; returns the final evaluation."""
+def train_batches(loader: BatchLoader, seed: int, step: int, steps_per_epoch: int):
+    """The training batches from global step `step` on, epoch after epoch."""
+    epoch, start_batch = divmod(step, steps_per_epoch)
+    while True:
+        yield from loader.epoch(seed=seed, epoch=epoch, start_batch=start_batch)
+        epoch, start_batch = epoch + 1, 0
+
+
+def restore(checkpoints: Checkpointer, state: TrainState) -> tuple[TrainState, Progress]:
+    """The newest checkpoint that verifies (corrupt ones set aside), or `state` and no progress if there is none."""
+    restored = checkpoints.restore_latest(state, set_aside_corrupt=True)
+    if restored is None:
+        print(f"--resume: no usable checkpoint in {checkpoints.directory}; starting from scratch")
+        return state, Progress()
+    state, record = restored
+    print(f"resumed from step {record['step']} (epoch {record['epoch'] + 1}, batch {record['batch']})")
+    return state, Progress(record["history"], record["best"])
+
+
+def train(cfg: Config, transform_step: Callable[[Callable], Callable] | None = None) -> dict:
+    """Runs (or resumes) a training run; returns the final evaluation.
+
+    `transform_step` wraps the jitted train step (the reliability tests inject faults with it)."""
+    if problems(cfg):
+        raise TrainingError("; ".join(problems(cfg)))
     run_dir = Path(cfg.out)
-    train_set, test_set, spec = train_data.open_datasets(cfg)
-    num_joints = spec.num_joints
-    train_def, eval_def, state, tx, geo = build(cfg, spec, num_joints)
+    is_writer = jax.process_index() == 0  # processes may share the run directory: process 0 writes it
+    train_set, test_set, spec = datasets.open_datasets(cfg)
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise TrainingError(f"{len(train_set)} training frames are fewer than one batch of {cfg.batch_size}")
+    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or sys.maxsize)
+    tx = make_optimizer(cfg.optimizer, cfg.lr)
+    train_def, eval_def, state = init_state(build_model(cfg, spec.num_joints), tx, cfg.seed)
+    geo = geometry_config(cfg, spec)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     needed = (cfg.keep_checkpoints + 2) * CHECKPOINT_BYTES_PER_PARAM * num_params + 64 * 2**20
-    lock = acquire(run_dir, cfg.resume, needed) if jax.process_index() == 0 else None  # process 0 owns the run
-    stop = _StopRequest()
+    lock = acquire(run_dir, cfg.resume, needed) if is_writer else None
+    stop = StopRequest()
     stop.install()
     checkpoints = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
     try:
-        return _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, tx, geo, checkpoints,
-                      stop)
+        state, progress = restore(checkpoints, state) if cfg.resume else (state, Progress())
+        step = int(state.step)
+        if is_writer:
+            save_config(cfg, run_dir)
+            truncate_log(run_dir, step)
+        log = ScalarLog(run_dir, enabled=is_writer)
+        mesh = parallel.data_mesh(cfg.batch_size)
+        state = parallel.replicate(state, mesh)
+        train_step = make_train_step(train_def, tx, geo, on_nonfinite=cfg.on_nonfinite)
+        if transform_step is not None:
+            train_step = transform_step(train_step)
+        eval_step = make_eval_step(eval_def, geo)
+        train_loader = BatchLoader(train_set, cfg.batch_size, num_workers=cfg.num_workers)
+        test_loader = BatchLoader(test_set, cfg.batch_size, shuffle=False, drop_last=False,
+                                  num_workers=cfg.num_workers)
+        print(f"{spec.name}: {len(train_set)} training / {len(test_set)} test frames; {describe(cfg)}; "
+              f"{steps_per_epoch} steps per epoch, {total_steps} steps on {jax.device_count()} "
+              f"{jax.default_backend()} device(s)")
+
+        raw_check = checks.RawSampleCheck(train_set)
+        last_saved = checkpoints.steps()[-1] if checkpoints.steps() else None
+
+        def save(step: int, **metrics) -> int:
+            return checkpoints.save(state, progress.record(step, steps_per_epoch), metrics=metrics or None)
+
+        t_start = time.time()
+        rate = report.SteadyRate(step, cfg.batch_size)
+        bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not is_writer)
+        batches = train_batches(train_loader, cfg.seed, step, steps_per_epoch)
+        first_step = step
+        while step < total_steps and not stop.signal:
+            batch = parallel.shard_batch({k: v for k, v in next(batches).items() if k in BATCH_KEYS}, mesh)
+            if step == first_step:
+                initial_losses = checks.report_initial_loss(state, train_def, batch, geo, cfg.width)
+                if step == 0:
+                    log.write(0, **initial_losses)
+            state, metrics = train_step(state, batch)
+            metrics = parallel.to_host(metrics)
+            step += 1
+            rate.tick(step)
+            check_finite(metrics, step, state, cfg.on_nonfinite, checkpoints.directory, last_saved)
+            if step % cfg.log_every == 0 or step == total_steps:
+                log.write(step, train_loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
+                          steps_per_s=(step - first_step) / max(time.time() - t_start, 1e-9),
+                          skipped=int(state.skipped))
+            epoch, batch_in_epoch = divmod(step, steps_per_epoch)
+            bar.set_postfix(loss=f"{float(metrics['loss']):.3e}", epoch=epoch + (batch_in_epoch > 0))
+            bar.update(1)
+            if batch_in_epoch == 0:  # an epoch ended: evaluate, check, checkpoint
+                result = evaluate(eval_step, state, test_loader, cfg.eval_batches, mesh)
+                progress = progress.add_epoch(epoch, step, result)
+                log.write(step, test_loss=result["loss"], test_mean_error_mm=result[METRIC])
+                tqdm.write(f"epoch {epoch}: test mean error {result[METRIC]:.2f} mm, "
+                           f"heatmap loss {result['loss']:.3e}")
+                raw_check.verify(epoch)
+                last_saved = save(step, **{METRIC: result[METRIC]})
+            elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                last_saved = save(step)
+        bar.close()
+        if last_saved != step:
+            last_saved = save(step)
+        checkpoints.wait()
+        if stop.signal:
+            log.close()
+            print(f"\n{stop.signal}: saved checkpoint at step {step} in {checkpoints.directory}. "
+                  f"Resume with: python train.py --resume --out {shlex.quote(str(run_dir))}" + repeat_flags(cfg))
+            raise SystemExit(130 if stop.signal == "SIGINT" else 143)
+        final = evaluate(eval_step, state, test_loader, cfg.eval_batches, mesh)
+        log.close()
     finally:
         checkpoints.close()
         if lock is not None:
             lock.close()
-
-
-def _train(cfg, run_dir, train_set, test_set, spec, train_def, eval_def, state, tx, geo, checkpoints, stop):
-    position = {"epoch": 0, "batch": 0, "best": None, "history": []}
-    if cfg.resume:
-        restored = checkpoints.restore_latest(state, set_aside_corrupt=True)
-        if restored is None:
-            print(f"--resume: no usable checkpoint in {run_dir / 'checkpoints'}; starting from scratch")
-        else:
-            state, record = restored
-            position = {k: record[k] for k in position}
-            print(f"resumed from step {record['step']} (epoch {record['epoch'] + 1}, batch {record['batch']})")
-    if jax.process_index() == 0:  # processes may share the run directory: one writer, as for the log
-        save_config(cfg, run_dir)
-        train_data.truncate_log(run_dir, int(state.step))
-    log = ScalarLog(run_dir, enabled=jax.process_index() == 0)
-
-    mesh = parallel.data_mesh(cfg.batch_size)
-    state = parallel.replicate(state, mesh)
-    train_step = make_train_step(train_def, tx, geo, on_nonfinite=cfg.on_nonfinite,
-                                 inject_nan_at_step=cfg.inject_nan_at_step)
-    eval_step = make_eval_step(eval_def, geo)
-    steps_per_epoch = len(train_set) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise TrainingError(f"{len(train_set)} training frames are fewer than one batch of {cfg.batch_size}")
-    total_steps = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total_steps = min(total_steps, cfg.max_steps)
-    print(f"{spec.name}: {len(train_set)} training / {len(test_set)} test frames; {train_data.describe(cfg)}; "
-          f"{steps_per_epoch} steps per epoch, {total_steps} steps on {jax.device_count()} "
-          f"{jax.default_backend()} device(s)")
-    raw_check = train_data.RawSampleCheck(train_set)
-    step = int(state.step)
-    last_good = checkpoints.steps()[-1] if checkpoints.steps() else None
-    initial_losses = None
-    t_start = time.time()
-    rate = train_data.SteadyRate(step, cfg.batch_size)
-    bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               disable=jax.process_index() != 0)
-    epoch = position["epoch"]
-    while step < total_steps and not stop.signal:
-        for batch in batches(train_set, cfg.batch_size, seed=cfg.seed, epoch=epoch, start_batch=position["batch"],
-                             num_workers=cfg.num_workers):
-            device_batch = parallel.shard_batch({k: batch[k] for k in ("depth", "center", "joints")}, mesh)
-            if initial_losses is None:
-                initial_losses = train_data.report_initial_loss(state, train_def, device_batch, geo, cfg.width)
-                if step == 0:
-                    log.write(0, **initial_losses)
-            state, out = train_step(state, device_batch)
-            out = parallel.to_host(out)
-            loss = float(out["loss"])
-            step += 1
-            rate.tick(step)
-            position["batch"] += 1
-            if not bool(out["finite"]) and cfg.on_nonfinite == "stop":
-                raise TrainingError(
-                    f"non-finite loss or gradient at step {step} (loss {loss}); stopped without saving it. "
-                    f"Last good checkpoint: {run_dir / 'checkpoints' / str(last_good) if last_good is not None else 'none'}"
-                    f". Resume from it with --resume, or pass --on-nonfinite skip")
-            if not bool(out["finite"]):
-                tqdm.write(f"step {step}: non-finite loss or gradient; skipped it ({int(state.skipped)} so far)")
-            if step % cfg.log_every == 0 or step == total_steps:
-                log.write(step, train_loss=loss, grad_norm=float(out["grad_norm"]),
-                          steps_per_s=step / max(time.time() - t_start, 1e-9), skipped=int(state.skipped))
-            bar.set_postfix(loss=f"{loss:.3e}", epoch=epoch + 1)
-            bar.update(1)
-            epoch_ends = position["batch"] == steps_per_epoch  # then the epoch's end evaluates and checkpoints
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and not epoch_ends:
-                last_good = checkpoints.save(state, {"step": step, **position})
-            if (stop.signal or step >= total_steps) and not epoch_ends:
-                break
-        else:  # the epoch ran to its end
-            result = evaluate(eval_step, state, test_set, cfg, mesh)
-            position = {**position, "epoch": epoch + 1, "batch": 0}
-            position["history"] = position["history"] + [{"epoch": epoch + 1, "step": step,
-                                                          "test_loss": result["loss"],
-                                                          METRIC: result["mean_error_mm"]}]
-            if position["best"] is None or result["mean_error_mm"] < position["best"]["mean_error_mm"]:
-                position["best"] = {"epoch": epoch + 1, "step": step, "mean_error_mm": result["mean_error_mm"]}
-            log.write(step, test_loss=result["loss"], test_mean_error_mm=result["mean_error_mm"])
-            tqdm.write(f"epoch {epoch + 1}: test mean error {result['mean_error_mm']:.2f} mm, "
-                       f"heatmap loss {result['loss']:.3e}")
-            raw_check.verify(epoch + 1)
-            last_good = checkpoints.save(state, {"step": step, **position},
-                                         metrics={METRIC: result["mean_error_mm"]})
-            epoch += 1
-            continue
-        break
-    bar.close()
-    if stop.signal:
-        if last_good != step:
-            last_good = checkpoints.save(state, {"step": step, **position})
-        checkpoints.wait()
-        log.close()
-        print(f"\n{stop.signal}: saved checkpoint at step {step} in {run_dir / 'checkpoints'}. "
-              f"Resume with: python train.py --resume --out {shlex.quote(str(run_dir))}" + train_data.repeat_flags(cfg))
-        raise SystemExit(130 if stop.signal == "SIGINT" else 143)
-    if last_good != step:
-        checkpoints.save(state, {"step": step, **position})
-    checkpoints.wait()
-    final = evaluate(eval_step, state, test_set, cfg, mesh)
-    log.close()
-    elapsed = time.time() - t_start
     print(report.format_table(final, spec.joint_names))
-    print(f"trained {step} steps in {elapsed:.0f} s; {rate}")
+    print(f"trained {step} steps in {time.time() - t_start:.0f} s; {rate}")
     if cfg.overfit:
-        train_data.report_overfit(read_log(run_dir))
-    if cfg.plots and jax.process_index() == 0:
+        checks.report_overfit(read_log(run_dir))
+    if cfg.plots and is_writer:
         plots.save_run_figures(run_dir, read_log(run_dir), final, test_set, geo, spec)
     return {k: v for k, v in final.items() if k not in ("pred", "gt")}
 
 
-def main(argv: list[str] | None = None) -> None:
+def check_finite(metrics: dict, step: int, state: TrainState, on_nonfinite: str, directory: Path,
+                 last_saved: int | None) -> None:
+    """A non-finite loss or gradient stops the run (TrainingError) or, under 'skip', is reported and skipped."""
+    if bool(metrics["finite"]):
+        return
+    if on_nonfinite == "stop":
+        last = directory / str(last_saved) if last_saved is not None else "none"
+        raise TrainingError(f"non-finite loss or gradient at step {step} (loss {float(metrics['loss'])}); stopped "
+                            f"without saving it. Last good checkpoint: {last}. Resume from it with --resume, or "
+                            "pass --on-nonfinite skip")
+    tqdm.write(f"step {step}: non-finite loss or gradient; skipped it ({int(state.skipped)} so far)")
+
+
+def main(argv: list[str] | None = None, transform_step: Callable[[Callable], Callable] | None = None) -> None:
     cfg = parse_config(argv)
-    train_data.configure_runtime(cfg)
+    configure_runtime(cfg)
     try:
-        train(cfg)
+        train(cfg, transform_step)
     except (RunDirError, TrainingError, DataError) as e:  # CheckpointError is a RunDirError
         print(f"error: {e}", file=sys.stderr)
         if isinstance(e, CheckpointError):

@@ -1,6 +1,8 @@
-"""The numbers a run reports: mean and per-joint error, success rates, as a dict and as a printed table."""
+"""The numbers a run reports: mean and per-joint error, success rates, as a dict and as a printed table; its speed."""
 
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
@@ -28,3 +30,23 @@ def format_table(result: dict, joint_names) -> str:
     lines.append("frames with every joint within " + ", ".join(
         f"{t} mm: {100 * result[f'max_frame_within_{t}mm']:.1f}%" for t in TABLE_THRESHOLDS_MM))
     return "\n".join(lines)
+
+
+class SteadyRate:
+    """Training speed after the first steps (compilation, warm-up) have passed, for the final report."""
+
+    def __init__(self, first_step: int, batch_size: int, warmup: int = 5):
+        self.start_step, self.batch_size = first_step + warmup, batch_size
+        self.t0 = self.t1 = None
+        self.last_step = first_step
+
+    def tick(self, step: int) -> None:
+        if step == self.start_step:
+            self.t0 = time.perf_counter()
+        self.t1, self.last_step = time.perf_counter(), step
+
+    def __str__(self) -> str:
+        if self.t0 is None or self.last_step <= self.start_step:
+            return "too few steps for a steady-state rate"
+        per_s = (self.last_step - self.start_step) / (self.t1 - self.t0)
+        return f"steady state {per_s:.2f} steps/s ({per_s * self.batch_size:.1f} samples/s)"

@@ -112,6 +112,18 @@ def read_log(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in complete if line.strip()]
 
 
+def truncate_log(run_dir: Path, step: int) -> None:
+    """On resume, drop log lines past the restored step (they describe work that is being redone)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return
+    text = "".join(json.dumps(r) + "\n" for r in read_log(run_dir) if r["step"] <= step)  # drops a torn last line
+    if text != path.read_text():
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
+
+
 def initial_record(log: list[dict]) -> dict | None:
     """The record `train.py` writes before the first step (initial, all-zero-output and floor losses), if any."""
     return next((r for r in log if "zero_output_loss" in r), None)

@@ -79,8 +79,7 @@ def _all_finite(tree) -> jax.Array:
     return jnp.stack(leaves).all()
 
 
-def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: str = "stop",
-                inject_nan_at_step: int | None = None) -> Callable:
+def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: str = "stop") -> Callable:
     """update(state, voxels, joint_coords) -> (state, metrics): one optimiser step on given inputs and targets."""
 
     def loss_fn(params, batch_stats, voxels, coords):
@@ -92,9 +91,6 @@ def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: st
     def update(state: TrainState, voxels, coords):
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.batch_stats, voxels, coords)
-        if inject_nan_at_step is not None:  # fault injection for the reliability tests; steps count from 1
-            poison = jnp.where(state.step + 1 == inject_nan_at_step, jnp.nan, 1.0)
-            grads = jax.tree.map(lambda g: g * poison.astype(g.dtype), grads)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
