@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from v2v_jax import convert, geometry  # noqa: E402
-from v2v_jax.layers import CONV_IMPLS, resolve_conv  # noqa: E402
+from v2v_jax.formulations import CONV_IMPLS, resolve_conv  # noqa: E402
 from v2v_jax.model import V2VModel  # noqa: E402
 from v2v_jax.train.step import init_state, make_optimizer, make_update, numerics_for  # noqa: E402
 from v2v_torch_ref import model as torch_model_lib  # noqa: E402
@@ -298,7 +298,7 @@ def base_parser(doc: str, conv_option: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=2, help="timed calls per entry per round")
     if conv_option:
         p.add_argument("--conv", default="auto", choices=("auto",) + CONV_IMPLS,
-                       help="JAX convolution formulation; auto = the per-backend default (v2v_jax.layers.AUTO_CONV)")
+                       help="JAX convolution formulation; auto = the per-backend default (v2v_jax.formulations.AUTO_CONV)")
     p.add_argument("--channels-last", action="store_true", help="torch in channels_last_3d memory format")
     p.add_argument("--out", type=Path, help="directory for NAME.json and NAME.md")
     return p

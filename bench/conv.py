@@ -1,4 +1,4 @@
-"""One 3D convolution, forward + backward, per JAX formulation (v2v_jax.layers.CONV_IMPLS) against torch.conv3d.
+"""One 3D convolution, forward + backward, per JAX formulation (v2v_jax.formulations.CONV_IMPLS) against torch.conv3d.
 
     python bench/conv.py                                  # V2V's convolution shapes at 88^3, batch 1, float32
     python bench/conv.py --cores 1 --impls xla depth_folded --out DIR
@@ -18,7 +18,7 @@ import torch
 
 from common import (base_parser, check_dtypes, describe, header, interleaved, jax_step_bytes, markdown_table, parse,
                     ratio, setup_torch, to_torch, write_result)
-from v2v_jax.layers import CONV_IMPLS, conv3d
+from v2v_jax.formulations import CONV_IMPLS, conv3d
 
 # V2V's convolutions (SPEC 2): (where, in channels, out channels, kernel, grid divisor, input gradient needed).
 SHAPES = (

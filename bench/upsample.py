@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
-from v2v_jax.layers import UPSAMPLE_IMPLS, upsample2x
+from v2v_jax.formulations import UPSAMPLE_IMPLS, upsample2x
 
 # (name, in channels, out channels, input grid) of V2V's two Upsample3DBlocks (SPEC 2).
 SIZES = (("decoder_upsample2", 128, 64, 11), ("decoder_upsample1", 64, 32, 22))

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from v2v_jax.layers import AUTO_CONV, CONV_IMPLS, Numerics, conv3d, resolve_conv
+from v2v_jax.formulations import AUTO_CONV, CONV_IMPLS, conv3d, resolve_conv
+from v2v_jax.layers import Numerics
 from v2v_jax.model import V2VModel
 
 TOL = 1e-12

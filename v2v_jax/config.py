@@ -40,7 +40,7 @@ class Config:
     dtype: str = "float32"           # float32 | float64 | bfloat16
     batchnorm: str = "torch"         # torch | flax
     init: str = "original"           # original | framework
-    conv: str = "auto"               # convolution formulation (v2v_jax.layers.CONV_IMPLS; auto: per backend)
+    conv: str = "auto"               # convolution formulation (v2v_jax.formulations.CONV_IMPLS; auto: per backend)
     # Optimisation.
     optimizer: str = "adam"          # adam | rmsprop (the authors', with --preset paper) | sgd
     lr: float = 1e-3

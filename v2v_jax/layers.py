@@ -14,13 +14,10 @@ import jax.numpy as jnp
 from flax import nnx
 from jax import lax
 
-DIMENSION_NUMBERS = ("NDHWC", "DHWIO", "NDHWC")
+from v2v_jax.formulations import CONV_IMPLS, UPSAMPLE_IMPLS, conv3d, upsample2x
+
 INIT_SCHEMES = ("original", "framework")
 BATCHNORM_FLAVOURS = ("torch", "flax")
-UPSAMPLE_IMPLS = ("einsum", "conv_transpose")
-# Formulations of the stride-1 3D convolution (`conv3d`); 'auto' picks per backend from AUTO_CONV.
-CONV_IMPLS = ("xla", "shifted_matmul", "im2col", "depth_folded")
-AUTO_CONV = {"cpu": "depth_folded"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,124 +55,6 @@ def kernel_init(numerics: Numerics) -> Callable:
     if numerics.init == "original":
         return nnx.initializers.normal(stddev=1e-3)
     return nnx.initializers.lecun_normal()
-
-
-def resolve_conv(impl: str) -> str:
-    """'auto' is the formulation measured fastest on the default backend (docs/benchmarks.md), else `impl`."""
-    if impl != "auto":
-        return impl
-    return AUTO_CONV.get(jax.default_backend(), "xla")
-
-
-def conv3d(x: jax.Array, kernel: jax.Array, padding: int, impl: str = "xla", precision=None) -> jax.Array:
-    """Stride-1 3D convolution (cross-correlation, like torch) with symmetric zero padding."""
-    impl = resolve_conv(impl)
-    if impl == "xla":
-        return lax.conv_general_dilated(x, kernel, window_strides=(1, 1, 1), padding=[(padding, padding)] * 3,
-                                        dimension_numbers=DIMENSION_NUMBERS, precision=precision)
-    if kernel.shape[:3] == (1, 1, 1) and padding == 0:
-        return jnp.einsum("ndhwi,io->ndhwo", x, kernel[0, 0, 0], precision=precision)
-    if impl == "shifted_matmul":
-        return _conv3d_shifted_matmul(x, kernel, padding, precision)
-    if impl == "im2col":
-        return _conv3d_im2col(x, kernel, padding, precision)
-    return _conv3d_depth_folded(x, kernel, padding, precision)
-
-
-def _conv3d_shifted_matmul(x, kernel, padding, precision):
-    """The same convolution as a sum over k^3 shifted (B*D*H*W, I) @ (I, O) products."""
-    k = kernel.shape[0]
-    d, h, w = _output_size(x, k, padding)
-    xp = _pad_spatial(x, padding)
-    out = None
-    for a in range(k):
-        for b in range(k):
-            for c in range(k):
-                term = jnp.einsum("ndhwi,io->ndhwo", xp[:, a:a + d, b:b + h, c:c + w, :], kernel[a, b, c],
-                                  precision=precision)
-                out = term if out is None else out + term
-    return out
-
-
-def _conv3d_im2col(x, kernel, padding, precision):
-    """One (B*D*H*W, k^3 I) @ (k^3 I, O) product over the k^3 shifted copies of x side by side."""
-    k = kernel.shape[0]
-    d, h, w = _output_size(x, k, padding)
-    xp = _pad_spatial(x, padding)
-    cols = jnp.concatenate([xp[:, a:a + d, b:b + h, c:c + w] for a in range(k) for b in range(k) for c in range(k)],
-                           axis=-1)
-    return jnp.einsum("ndhwt,to->ndhwo", cols, kernel.reshape(-1, kernel.shape[-1]), precision=precision)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _conv3d_depth_folded(x, kernel, padding, precision):
-    """2D convolutions over (H, W) of k depth-shifted copies of x side by side as k*I input features.
-
-    XLA's CPU backend runs 2D convolutions on a packed GEMM kernel far faster than 3D ones. The gradients are
-    written out (see `_depth_folded_bwd`) because autodiff would lower the kernel gradient to a slow 2D convolution.
-    """
-    k = kernel.shape[0]
-    n, _, h, w, cin = x.shape
-    xp = jnp.pad(x, [(0, 0), (padding, padding), (0, 0), (0, 0), (0, 0)])
-    depth_out = xp.shape[1] - k + 1
-    stacked = jnp.concatenate([xp[:, a:a + depth_out] for a in range(k)], axis=-1)  # features (a, i)
-    folded = kernel.transpose(1, 2, 0, 3, 4).reshape(k, k, k * cin, kernel.shape[-1])
-    y = lax.conv_general_dilated(stacked.reshape(-1, h, w, k * cin), folded, window_strides=(1, 1),
-                                 padding=[(padding, padding)] * 2, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                 precision=precision)
-    return y.reshape(n, depth_out, *y.shape[1:])
-
-
-def _depth_folded_fwd(x, kernel, padding, precision):
-    return _conv3d_depth_folded(x, kernel, padding, precision), (x, kernel)
-
-
-def _depth_folded_bwd(padding, precision, residuals, g):
-    """Input gradient: the same convolution of g with the flipped, transposed kernel and padding k - 1 - p.
-    Kernel gradient: one GEMM over every (padded) position (see `_depth_folded_kernel_grad`)."""
-    x, kernel = residuals
-    k = kernel.shape[0]
-    flipped = jnp.flip(kernel, (0, 1, 2)).swapaxes(3, 4)
-    dx = _conv3d_depth_folded(g, flipped, k - 1 - padding, precision)
-    return dx, _depth_folded_kernel_grad(x, g, k, padding, precision)
-
-
-def _depth_folded_kernel_grad(x, g, k, padding, precision):
-    """dK[a, b, c, i, o] = sum over n, d', h, w of xp[n, d', h + b, w + c, i] * g[n, d' - a, h, w, o]: products of
-    the k^2 in-plane shifts of x (k^2 I rows) with the k depth shifts of g side by side (k O columns)."""
-    cin, cout = x.shape[-1], g.shape[-1]
-    h, w = g.shape[2:4]
-    xp = _pad_spatial(x, padding)
-    shifts = [xp[:, :, b:b + h, c:c + w] for b in range(k) for c in range(k)]
-    cols = jnp.concatenate([jnp.pad(g, [(0, 0), (a, k - 1 - a), (0, 0), (0, 0), (0, 0)]) for a in range(k)], axis=-1)
-    # The shifts stacked in front: XLA's CPU backend concatenates them along the channels much more slowly.
-    dk = jnp.einsum("tndhwi,ndhws->tis", jnp.stack(shifts), cols, precision=precision)
-    return dk.reshape(k, k, cin, k, cout).transpose(3, 0, 1, 2, 4)
-
-
-_conv3d_depth_folded.defvjp(_depth_folded_fwd, _depth_folded_bwd)
-
-
-def _pad_spatial(x, padding):
-    return jnp.pad(x, [(0, 0)] + [(padding, padding)] * 3 + [(0, 0)])
-
-
-def _output_size(x, k, padding):
-    return tuple(s + 2 * padding - k + 1 for s in x.shape[1:4])
-
-
-def upsample2x(x: jax.Array, kernel: jax.Array, impl: str = "einsum", precision=None) -> jax.Array:
-    """ConvTranspose3d(kernel 2, stride 2, padding 0) with kernel (2, 2, 2, I, O) = torch (I, O, 2, 2, 2).
-
-    With k = s = 2 the output windows do not overlap, so y[n, 2d+a, 2h+b, 2w+c] = x[n, d, h, w] @ W[a, b, c].
-    """
-    if impl == "einsum":
-        n, d, h, w, _ = x.shape
-        y = jnp.einsum("ndhwi,abcio->ndahbwco", x, kernel, precision=precision)
-        return y.reshape(n, 2 * d, 2 * h, 2 * w, kernel.shape[-1])
-    # lax.conv_transpose without transpose_kernel correlates with the kernel as given, so flip it spatially.
-    return lax.conv_transpose(x, kernel[::-1, ::-1, ::-1], strides=(2, 2, 2), padding="VALID",
-                              dimension_numbers=DIMENSION_NUMBERS, precision=precision)
 
 
 def add_bias(y: jax.Array, bias: jax.Array, numerics: Numerics) -> jax.Array:
