@@ -1,5 +1,7 @@
 """Every convolution formulation in CONV_IMPLS against lax.conv_general_dilated, in float64: output, input gradient
-and kernel gradient; then the whole network with the CPU default against XLA's convolution.
+and kernel gradient; every upsampling formulation in UPSAMPLE_IMPLS against the definition of ConvTranspose3d(2, 2)
+and lax.conv_transpose's gradients, in float64 and float32; then the whole network with the CPU default against XLA's
+convolution.
 
 Tolerance (derived): each output or gradient entry is a sum of at most K products, K = k^3 * I for the forward and
 the input gradient (7^3 * 1 = 343 or 3^3 * 3 = 81 here) and K = batch * output positions (at most 2 * 9 * 10 * 11
@@ -14,7 +16,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from v2v_jax.formulations import AUTO_CONV, CONV_IMPLS, conv3d, resolve_conv
+from v2v_jax.formulations import (AUTO_CONV, CONV_IMPLS, STEM_IMPLS, UPSAMPLE_IMPLS, conv3d, resolve_conv,
+                                  upsample2x)
 from v2v_jax.layers import Numerics
 from v2v_jax.model import V2VModel
 
@@ -63,6 +66,21 @@ def test_formulation_matches_xla_convolution(impl, case):
         assert relative_error(g, e) <= TOL, f"{impl} {name}: {relative_error(g, e):.2e}"
 
 
+THREE_D_CONVOLUTION = "dim_numbers = [b, 0, 1, 2, f]"  # how StableHLO prints an NDHWC convolution
+
+
+@pytest.mark.parametrize("impl", sorted(STEM_IMPLS))
+def test_stem_hybrids_apply_their_formulation_to_one_channel_inputs_only(impl):
+    """The one-channel stem becomes a dot (im2col) or a 2D convolution (depth_folded); other inputs keep XLA's 3D
+    convolution. (Their values are checked with every formulation above.)"""
+    def hlo(cin):
+        x, kernel = jnp.zeros((1, 8, 8, 8, cin)), jnp.zeros((3, 3, 3, cin, 2))
+        return jax.jit(conv3d, static_argnums=(2, 3)).lower(x, kernel, 1, impl).as_text()
+
+    assert hlo(1).count(THREE_D_CONVOLUTION) == 0
+    assert hlo(2).count(THREE_D_CONVOLUTION) == 1
+
+
 def test_auto_resolves_per_backend_to_a_known_formulation():
     assert resolve_conv("auto") == AUTO_CONV.get(jax.default_backend(), "xla")
     assert resolve_conv("auto") in CONV_IMPLS
@@ -70,6 +88,44 @@ def test_auto_resolves_per_backend_to_a_known_formulation():
     assert Numerics().conv == "auto"
     with pytest.raises(ValueError, match="Numerics.conv"):
         Numerics(conv="winograd")
+
+
+def upsample_definition(x, kernel):
+    """ConvTranspose3d(2, 2) from its definition, y[n, 2d+a, 2h+b, 2w+c] = x[n, d, h, w] @ W[a, b, c], in NumPy."""
+    y = np.einsum("ndhwi,abcio->ndahbwco", np.asarray(x), np.asarray(kernel))
+    n, d, _, h, _, w, _, o = y.shape
+    return y.reshape(n, 2 * d, 2 * h, 2 * w, o)
+
+
+def upsample_with_grads(impl, x, kernel, cotangent):
+    y, vjp = jax.vjp(lambda x, w: upsample2x(x, w, impl, jax.lax.Precision.HIGHEST), x, kernel)
+    return (y, *vjp(cotangent))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("impl", UPSAMPLE_IMPLS)
+def test_upsample_formulation_matches_the_definition(impl, dtype):
+    """Output against the definition, input and kernel gradients against lax.conv_transpose's, both in float64.
+
+    Tolerance (derived): an output entry is a sum of I products, an input-gradient entry of 8 O and a
+    kernel-gradient entry of B d h w (here 3, 16 and 60). Summed in any order in precision u the error is at most
+    K u sum|terms|, and sum|terms| is the same operation on |x|, |W|, |g| (computed in float64), so each entry must
+    lie within 2 K u of that bound's scale: u = 2^-53 (float64) or 2^-24 (float32); a wrong phase or flip is O(1).
+    """
+    rng = np.random.default_rng(7)
+    x, kernel = rng.standard_normal((2, 3, 2, 5, 3)), rng.standard_normal((2, 2, 2, 3, 2))  # non-cubic: no axis swap
+    cotangent = rng.standard_normal((2, 6, 4, 10, 2))
+    as64 = lambda *a: [jnp.asarray(v, jnp.float64) for v in a]  # noqa: E731
+    expected = [upsample_definition(x, kernel),
+                *upsample_with_grads("conv_transpose", *as64(x, kernel, cotangent))[1:]]
+    scale = upsample_with_grads("conv_transpose", *as64(np.abs(x), np.abs(kernel), np.abs(cotangent)))
+    u = {"float64": 2.0 ** -53, "float32": 2.0 ** -24}[dtype]
+    got = jax.jit(upsample_with_grads, static_argnums=0)(impl, *(jnp.asarray(v, dtype) for v in (x, kernel, cotangent)))
+    for name, g, e, s, terms in zip(("output", "input gradient", "kernel gradient"), got, expected, scale,
+                                    (3, 16, 60)):
+        assert g.shape == e.shape and g.dtype == jnp.dtype(dtype), name
+        excess = np.max(np.abs(np.asarray(g, np.float64) - np.asarray(e)) - 2 * terms * u * np.asarray(s))
+        assert excess <= 0, f"{impl} {dtype} {name}: beyond the bound by {excess:.2e}"
 
 
 @pytest.mark.slow  # ~80 s here: two float64 V2V gradients, XLA's float64 3D convolutions are slow on CPU

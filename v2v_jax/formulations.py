@@ -1,8 +1,10 @@
 """The formulations of V2V's two linear operators, each computing exactly the same function (NDHWC, DHWIO).
 
 `conv3d`: the stride-1 3D convolution, as XLA's own (`xla`), k^3 shifted products (`shifted_matmul`), one GEMM
-over the k^3 shifted copies (`im2col`), or 2D convolutions over k depth-shifted copies (`depth_folded`).
-`upsample2x`: ConvTranspose3d(kernel 2, stride 2) as one einsum or as XLA's `lax.conv_transpose`.
+over the k^3 shifted copies (`im2col`), 2D convolutions over k depth-shifted copies (`depth_folded`), or one of
+the last two for the one-channel stem only (`im2col_stem`, `folded_stem`).
+`upsample2x`: ConvTranspose3d(kernel 2, stride 2) as an einsum, `lax.conv_transpose`, an explicitly padded
+convolution, a 1^3 convolution with depth-to-space, or eight separate phase products.
 Which one a backend uses by default, and the benchmark that chose it, is stated at each choice below.
 """
 
@@ -16,7 +18,10 @@ from jax import lax
 
 DIMENSION_NUMBERS = ("NDHWC", "DHWIO", "NDHWC")
 # Formulations of the stride-1 3D convolution (`conv3d`); 'auto' picks per backend from AUTO_CONV.
-CONV_IMPLS = ("xla", "shifted_matmul", "im2col", "depth_folded")
+CONV_IMPLS = ("xla", "shifted_matmul", "im2col", "depth_folded", "im2col_stem", "folded_stem")
+# The hybrids: a formulation for convolutions of one input channel (V2V's 7^3 stem, the one block where XLA's GPU
+# convolution lost to PyTorch's, 1.26x, on an H200: docs/benchmarks.md), XLA's for every other.
+STEM_IMPLS = {"im2col_stem": "im2col", "folded_stem": "depth_folded"}
 # Chosen by `python bench/conv.py` and `python bench/train_step.py --conv xla|depth_folded` (docs/benchmarks.md,
 # "Training step and inference"): on CPU depth_folded took 0.29-2.9x torch's time per convolution where XLA's
 # took 1.2-8x; GPUs keep XLA's (cuDNN) convolution until bench/conv.py on a GPU says otherwise.
@@ -24,7 +29,7 @@ AUTO_CONV = {"cpu": "depth_folded"}
 # Formulations of ConvTranspose3d(k=2, s=2) (`upsample2x`); the default, einsum, was chosen by
 # `python bench/upsample.py` (docs/benchmarks.md, "ConvTranspose3d formulation": conv_transpose 13-30x slower
 # on CPU; on an H200 the einsum form ran at 0.43-0.50x cuDNN's transposed convolution inside the step profile).
-UPSAMPLE_IMPLS = ("einsum", "conv_transpose")
+UPSAMPLE_IMPLS = ("einsum", "conv_transpose", "pad_conv", "depth_to_space", "phases")
 
 
 def resolve_conv(impl: str) -> str:
@@ -37,6 +42,8 @@ def resolve_conv(impl: str) -> str:
 def conv3d(x: jax.Array, kernel: jax.Array, padding: int, impl: str = "xla", precision=None) -> jax.Array:
     """Stride-1 3D convolution (cross-correlation, like torch) with symmetric zero padding."""
     impl = resolve_conv(impl)
+    if impl in STEM_IMPLS:
+        impl = STEM_IMPLS[impl] if kernel.shape[3] == 1 else "xla"
     if impl == "xla":
         return lax.conv_general_dilated(x, kernel, window_strides=(1, 1, 1), padding=[(padding, padding)] * 3,
                                         dimension_numbers=DIMENSION_NUMBERS, precision=precision)
@@ -134,12 +141,35 @@ def _output_size(x, k, padding):
 def upsample2x(x: jax.Array, kernel: jax.Array, impl: str = "einsum", precision=None) -> jax.Array:
     """ConvTranspose3d(kernel 2, stride 2, padding 0) with kernel (2, 2, 2, I, O) = torch (I, O, 2, 2, 2).
 
-    With k = s = 2 the output windows do not overlap, so y[n, 2d+a, 2h+b, 2w+c] = x[n, d, h, w] @ W[a, b, c].
+    With k = s = 2 the output windows do not overlap, so y[n, 2d+a, 2h+b, 2w+c] = x[n, d, h, w] @ W[a, b, c]:
+    eight phases, each an (I, O) product. The formulations differ in what XLA is asked to run:
+    einsum: one product to the eight phases, written interleaved; conv_transpose: `lax.conv_transpose` (a
+    convolution with lhs_dilation, whose 3D gradient cuDNN ran 25-32x slower than PyTorch's: jax-ml/jax #31662);
+    pad_conv: the input interleaved with zeros by an explicit `lax.pad`, then a plain 2^3 convolution (the form
+    equinox adopted for ConvTranspose, patrick-kidger/equinox #1259: no lhs_dilation, but 8x the multiplications);
+    depth_to_space: one 1^3 convolution to 8 O features, then the phases moved into space; phases: the eight
+    products separately, then interleaved.
     """
+    n, d, h, w, _ = x.shape
+    cout = kernel.shape[-1]
     if impl == "einsum":
-        n, d, h, w, _ = x.shape
         y = jnp.einsum("ndhwi,abcio->ndahbwco", x, kernel, precision=precision)
-        return y.reshape(n, 2 * d, 2 * h, 2 * w, kernel.shape[-1])
-    # lax.conv_transpose without transpose_kernel correlates with the kernel as given, so flip it spatially.
-    return lax.conv_transpose(x, kernel[::-1, ::-1, ::-1], strides=(2, 2, 2), padding="VALID",
-                              dimension_numbers=DIMENSION_NUMBERS, precision=precision)
+        return y.reshape(n, 2 * d, 2 * h, 2 * w, cout)
+    # Both convolution forms correlate with the kernel as given, so they flip it spatially.
+    flipped = kernel[::-1, ::-1, ::-1]
+    if impl == "conv_transpose":
+        return lax.conv_transpose(x, flipped, strides=(2, 2, 2), padding="VALID",
+                                  dimension_numbers=DIMENSION_NUMBERS, precision=precision)
+    if impl == "pad_conv":
+        dilated = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0)] + [(1, 1, 1)] * 3 + [(0, 0, 0)])
+        return lax.conv_general_dilated(dilated, flipped, window_strides=(1, 1, 1), padding="VALID",
+                                        dimension_numbers=DIMENSION_NUMBERS, precision=precision)
+    if impl == "depth_to_space":
+        wide = kernel.transpose(3, 0, 1, 2, 4).reshape(1, 1, 1, -1, 8 * cout)  # features (a, b, c, o)
+        z = lax.conv_general_dilated(x, wide, window_strides=(1, 1, 1), padding="VALID",
+                                     dimension_numbers=DIMENSION_NUMBERS, precision=precision)
+    else:
+        z = jnp.stack([jnp.einsum("ndhwi,io->ndhwo", x, kernel[a, b, c], precision=precision)
+                       for a in range(2) for b in range(2) for c in range(2)], axis=4)
+    z = z.reshape(n, d, h, w, 2, 2, 2, cout).transpose(0, 1, 4, 2, 5, 3, 6, 7)
+    return z.reshape(n, 2 * d, 2 * h, 2 * w, cout)
