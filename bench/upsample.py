@@ -22,12 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 import torch
 
+from v2v_jax.dtypes import PRECISIONS
 from v2v_jax.formulations import UPSAMPLE_IMPLS, upsample2x
+from v2v_torch_ref.model import DTYPES as TORCH_DTYPES
 
 # (name, in channels, out channels, input grid as a fraction of the network's) of V2V's two Upsample3DBlocks
 # (v2v_torch_ref/model.py: 128->64 at N/8, 64->32 at N/4).
 SIZES = (("decoder_upsample2", 128, 64, 8), ("decoder_upsample1", 64, 32, 4))
-DTYPES = {"float32": (jnp.float32, torch.float32), "bfloat16": (jnp.bfloat16, torch.bfloat16)}
+DTYPES = ("float32", "bfloat16")
 
 
 def jax_step(impl: str, precision):
@@ -49,7 +51,7 @@ def time_call(fn, sync, repeats: int) -> list[float]:
 
 def bench_size(cin, cout, grid, batch, dtype, device, repeats, rounds) -> dict[str, float]:
     """Median seconds of one forward + backward per formulation, measured in interleaved rounds."""
-    jdtype, tdtype = DTYPES[dtype]
+    jdtype, tdtype = PRECISIONS[dtype].compute, TORCH_DTYPES[dtype]
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, grid, grid, grid, cin)).astype(np.float32)
     kernel = rng.standard_normal((2, 2, 2, cin, cout)).astype(np.float32) * 0.05

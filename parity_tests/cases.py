@@ -5,21 +5,18 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
 
 from v2v_jax import model as jmodel
+from v2v_jax.dtypes import PRECISIONS
 from v2v_jax.layers import Numerics
 from v2v_torch_ref import model as tmodel
 
-DTYPES = {"float64": (jnp.float64, torch.float64), "float32": (jnp.float32, torch.float32)}
-
-
 def numerics(dtype: str = "float64", **fields) -> Numerics:
-    jdtype = DTYPES[dtype][0]
-    return Numerics(dtype=jdtype, param_dtype=jdtype, **fields)
+    compute, param = PRECISIONS[dtype]
+    return Numerics(dtype=compute, param_dtype=param, **fields)
 
 
 def sparse_voxels(shape, density=0.05, seed=0) -> np.ndarray:
@@ -55,7 +52,7 @@ BLOCKS = {
     "pool": BlockCase(lambda: tmodel.Pool3DBlock(2), lambda n, r: jmodel.Pool3DBlock(2), (2, 3, 8, 8, 8)),
     "upsample": BlockCase(lambda: tmodel.Upsample3DBlock(4, 3),
                           lambda n, r: jmodel.Upsample3DBlock(4, 3, numerics=n, rngs=r), (2, 4, 4, 4, 4)),
-    "encoder_decoder": BlockCase(lambda: tmodel.EncoderDecorder(4),
+    "encoder_decoder": BlockCase(lambda: tmodel.EncoderDecoder(4),
                                  lambda n, r: jmodel.EncoderDecoder(4, numerics=n, rngs=r), (2, 4, 8, 8, 8)),
 }
 
@@ -66,7 +63,7 @@ def block_pair(name: str, dtype: str = "float64", seed: int = 0, **numerics_fiel
     torch.manual_seed(seed)
     torch_block = case.make_torch()
     tmodel.initialize(torch_block, "original")
-    torch_block = torch_block.to(DTYPES[dtype][1])
+    torch_block = torch_block.to(tmodel.DTYPES[dtype])
     jax_block = case.make_jax(numerics(dtype, **numerics_fields), nnx.Rngs(seed))
     x = case.make_input(case.input_shape, seed=seed + 1).astype(np.dtype(dtype))
     return torch_block, jax_block, x
@@ -75,6 +72,6 @@ def block_pair(name: str, dtype: str = "float64", seed: int = 0, **numerics_fiel
 def model_pair(dtype: str = "float64", width: int = 8, joints: int = 4, seed: int = 0, **numerics_fields):
     """The whole V2V, small, in both frameworks (weights are copied from torch by the comparison)."""
     torch.manual_seed(seed)
-    torch_model = tmodel.V2VModel(1, joints, width).to(DTYPES[dtype][1])
+    torch_model = tmodel.V2VModel(1, joints, width).to(tmodel.DTYPES[dtype])
     jax_model = jmodel.V2VModel(1, joints, width, numerics=numerics(dtype, **numerics_fields), rngs=nnx.Rngs(seed))
     return torch_model, jax_model

@@ -16,23 +16,19 @@ import platform
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 from flax import nnx
 
 from parity_tests.compare import compare_models, first_divergence, format_table, tolerance
+from v2v_jax.dtypes import PRECISIONS
 from v2v_jax.layers import BATCHNORM_FLAVOURS, CONV_IMPLS, UPSAMPLE_IMPLS, Numerics
 from v2v_jax.model import V2VModel
 from v2v_torch_ref import model as tmodel
 
-DTYPES = {"float64": (jnp.float64, jnp.float64, torch.float64), "float32": (jnp.float32, jnp.float32, torch.float32),
-          "bfloat16": (jnp.bfloat16, jnp.float32, torch.float32)}  # jax compute, jax params, torch reference
-
-
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+    p.add_argument("--dtype", choices=sorted(PRECISIONS), default="float32",
                    help="compute dtype (bfloat16: JAX computes in bf16 with float32 parameters, torch in float32)")
     p.add_argument("--tf32", choices=("on", "off"), default="off",
                    help="TF32 convolutions and matmuls on GPU in both frameworks (no effect on CPU)")
@@ -70,7 +66,8 @@ def jax_device(kind: str):
 
 
 def build_models(args):
-    compute, params, reference = DTYPES[args.dtype]
+    compute, params = PRECISIONS[args.dtype]
+    reference = tmodel.DTYPES["float32" if args.dtype == "bfloat16" else args.dtype]
     torch.manual_seed(args.seed)
     torch_model = tmodel.V2VModel(1, args.joints, args.width).to(reference)
     if args.device == "gpu":

@@ -13,6 +13,7 @@ import typing
 from pathlib import Path
 
 from v2v_jax.data.cameras import MSRA_GESTURES
+from v2v_jax.dtypes import PRECISIONS
 
 DATASET_CHOICES = ("synth", "msra", "icvl", "nyu", "hands2017", "itop")
 
@@ -81,7 +82,7 @@ PRESETS = {
 }
 
 CHOICES = {
-    "data": DATASET_CHOICES, "dtype": ("float32", "float64", "bfloat16"), "batchnorm": ("torch", "flax"),
+    "data": DATASET_CHOICES, "dtype": tuple(PRECISIONS), "batchnorm": ("torch", "flax"),
     "init": ("original", "framework"), "optimizer": ("rmsprop", "adam", "sgd"), "on_nonfinite": ("stop", "skip"),
     "on_bad_frame": ("error", "skip"), "decode": ("argmax", "parabola", "window_mean", "soft_argmax"), "preset": tuple(PRESETS), "itop_view": ("side", "top"),
 }

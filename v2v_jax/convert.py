@@ -18,9 +18,7 @@ from flax import nnx
 from v2v_jax.layers import BatchNorm3d, Conv3d, ConvTranspose3d
 
 CONV_TO_TORCH = (4, 3, 0, 1, 2)
-CONV_FROM_TORCH = (2, 3, 4, 1, 0)
 CONVT_TO_TORCH = (3, 4, 0, 1, 2)
-CONVT_FROM_TORCH = (2, 3, 4, 0, 1)
 
 # (NNX attribute, torch suffix, permutation to torch layout or None) for each kind of layer.
 FIELDS = {

@@ -161,15 +161,7 @@ def record_intermediates():
         _TAPS.reset(token)
 
 
-def forward_with_intermediates(model: V2VModel, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    with record_intermediates() as taps:
-        y = model(x)
-    return y, dict(taps)
-
-
-def block_paths(model: V2VModel) -> list[str]:
-    return [m.path for _, m in nnx.iter_graph(model) if isinstance(m, Block)]
-
-
-def count_parameters(model: nnx.Module) -> int:
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+def count_parameters(model: nnx.Module | nnx.State) -> int:
+    """Number of trainable parameters of a model, or of its `nnx.Param` state."""
+    params = nnx.state(model, nnx.Param) if isinstance(model, nnx.Module) else model
+    return sum(x.size for x in jax.tree.leaves(params))

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 INIT_SCHEMES = ("original", "framework")
+# The product's precision names (v2v_jax/dtypes.py) -> torch dtypes.
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
 class Basic3DBlock(nn.Module):
@@ -71,7 +73,7 @@ class Upsample3DBlock(nn.Module):
         return self.block(x)
 
 
-class EncoderDecorder(nn.Module):  # (sic) the port's class name; its state_dict key is `encoder_decoder`.
+class EncoderDecoder(nn.Module):  # the port spells the class EncoderDecorder; its state_dict key is `encoder_decoder`
     def __init__(self, width: int = 32):
         super().__init__()
         w1, w2, w4 = width, 2 * width, 4 * width
@@ -122,7 +124,7 @@ class V2VModel(nn.Module):
             Res3DBlock(width, width),
             Res3DBlock(width, width),
         )
-        self.encoder_decoder = EncoderDecorder(width)
+        self.encoder_decoder = EncoderDecoder(width)
         self.back_layers = nn.Sequential(
             Res3DBlock(width, width),
             Basic3DBlock(width, width, 1),
@@ -156,12 +158,7 @@ def initialize(model: nn.Module, scheme: str = "original") -> None:
                 nn.init.uniform_(m.weight, 0.0, 1.0)
 
 
-BLOCK_TYPES = (Basic3DBlock, Res3DBlock, Pool3DBlock, Upsample3DBlock, EncoderDecorder)
-
-
-def block_paths(model: nn.Module) -> list[str]:
-    """Dotted paths of every block (the parity granularity), in forward order of definition."""
-    return [name for name, m in model.named_modules() if isinstance(m, BLOCK_TYPES)]
+BLOCK_TYPES = (Basic3DBlock, Res3DBlock, Pool3DBlock, Upsample3DBlock, EncoderDecoder)
 
 
 def forward_with_intermediates(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -21,7 +21,7 @@ from v2v_jax.data.loader import epoch_order
 from v2v_jax.train.datasets import open_datasets
 from v2v_jax.train.report import SteadyRate, format_table, summary
 from v2v_torch_ref import geometry_ref
-from v2v_torch_ref.model import V2VModel
+from v2v_torch_ref.model import DTYPES, V2VModel
 
 SCALE_RANGE, MAX_ANGLE_DEG, MAX_TRANSLATION = (0.8, 1.2), 40.0, 4.0
 
@@ -96,9 +96,9 @@ def evaluate(model, frames, cfg, spec, device) -> dict:
 def train(cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"float32": torch.float32, "float64": torch.float64}.get(cfg.dtype)
-    if dtype is None:
+    if cfg.dtype not in ("float32", "float64"):
         raise ValueError(f"the PyTorch reference trainer runs float32 or float64, not {cfg.dtype}")
+    dtype = DTYPES[cfg.dtype]
     train_set, test_set, spec = open_datasets(cfg)
     model = V2VModel(1, spec.num_joints, cfg.width, init=cfg.init).to(device=device, dtype=dtype)
     optimizer = make_optimizer(model.parameters(), cfg.optimizer, cfg.lr)

@@ -21,8 +21,8 @@ from flax import nnx
 
 from parity_tests import compare
 from v2v_jax.layers import BatchNorm3d
-from v2v_jax.studies.overfit import (TORCH_DTYPES, Problem, Variant, jax_device, jax_model, jax_numerics,
-                                     memory_format, shape_of, torch_backend, torch_model)
+from v2v_jax.studies.overfit import (Problem, Variant, jax_device, jax_model, jax_numerics, memory_format,
+                                     shape_of, torch_backend, torch_model)
 from v2v_torch_ref import model as torch_model_lib
 
 LEAF_BLOCKS = (torch_model_lib.Basic3DBlock, torch_model_lib.Res3DBlock, torch_model_lib.Upsample3DBlock)
@@ -215,7 +215,7 @@ def batchnorm_alone(variants: list[Variant], device: str, sizes=BN_SIZES) -> dic
         for v in variants:
             if v.framework == "torch":
                 with torch_backend(v):
-                    xt = torch.from_numpy(x).to("cuda" if device == "gpu" else "cpu", TORCH_DTYPES[v.dtype])
+                    xt = torch.from_numpy(x).to("cuda" if device == "gpu" else "cpu", torch_model_lib.DTYPES[v.dtype])
                     y = torch.nn.functional.batch_norm(xt.contiguous(memory_format=memory_format(v)), None, None,
                                                        training=True)
                     y = y.double().cpu().numpy()

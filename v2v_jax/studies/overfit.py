@@ -31,7 +31,7 @@ CUBE_MM = 200.0  # MSRA's cube: the synthetic hands use MSRA's camera and joints
 # than the number of joints cannot fit them (best rank-8 fit of 21 heatmaps at 12^3: 7 % of the zero-output loss).
 JOINT_SETS = {"all": tuple(range(21)), "tips": (0, 4, 8, 12, 16, 20)}  # tips: the wrist and the five fingertips
 INITS = ("original", "framework-torch", "framework-flax")
-TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+TORCH_DTYPES = ("float32", "float64")  # what the PyTorch reference runs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +252,7 @@ def memory_format(variant: Variant) -> torch.memory_format:
 
 def torch_model(variant: Variant, state_dict, device: str) -> torch.nn.Module:
     width, joints = shape_of(state_dict)
-    model = torch_model_lib.V2VModel(1, joints, width).to(device=device, dtype=TORCH_DTYPES[variant.dtype])
+    model = torch_model_lib.V2VModel(1, joints, width).to(device=device, dtype=torch_model_lib.DTYPES[variant.dtype])
     model.load_state_dict(state_dict)  # after the cast: loading float64 weights into float32 would round them
     return model.to(memory_format=memory_format(variant))
 
@@ -260,7 +260,7 @@ def torch_model(variant: Variant, state_dict, device: str) -> torch.nn.Module:
 def to_torch(array: np.ndarray, variant: Variant, device: str) -> torch.Tensor:
     """(B, D, H, W, C) NumPy -> (B, C, D, H, W) tensor in the variant's dtype and memory format."""
     tensor = torch.from_numpy(np.moveaxis(array, -1, 1).copy())
-    return tensor.to(device=device, dtype=TORCH_DTYPES[variant.dtype]).contiguous(memory_format=memory_format(variant))
+    return tensor.to(device=device, dtype=torch_model_lib.DTYPES[variant.dtype]).contiguous(memory_format=memory_format(variant))
 
 
 def train_torch(variant: Variant, problem: Problem, init: dict, *, steps: int, lr: float,

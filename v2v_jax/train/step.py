@@ -17,10 +17,9 @@ from flax import nnx
 
 from v2v_jax import geometry
 from v2v_jax.data.cameras import DatasetSpec
+from v2v_jax.dtypes import PRECISIONS
 from v2v_jax.layers import Numerics
 from v2v_jax.model import V2VModel
-
-DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,9 +43,8 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def numerics_for(dtype: str, batchnorm: str = "torch", init: str = "original", conv: str = "auto") -> Numerics:
-    """float64 keeps parameters and statistics in float64; bfloat16 computes in bfloat16 on float32 parameters."""
-    compute = DTYPES[dtype]
-    param = jnp.float64 if dtype == "float64" else jnp.float32
+    """The model's Numerics for the precision named `dtype` (v2v_jax/dtypes.py) and the other options."""
+    compute, param = PRECISIONS[dtype]
     return Numerics(dtype=compute, param_dtype=param, batchnorm=batchnorm, init=init, conv=conv)
 
 
