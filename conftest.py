@@ -1,9 +1,30 @@
 """Test-session set-up shared by parity_tests/ and tests/.
 
-float64 is enabled for the whole session so that parity checks can run in double precision; library code
-therefore names its dtypes explicitly and never relies on JAX's default float type.
+Tests run in JAX's default configuration (float32), as users run the product. A test or module marked `x64` runs
+inside `jax.enable_x64(True)` (float64 parity and reference checks). Outside it, asking JAX for a 64-bit type is an
+error instead of a silent float32 (`jax_explicit_x64_dtypes`), so library code cannot come to rely on float64.
 """
 
-import jax
+import contextlib
 
-jax.config.update("jax_enable_x64", True)
+import jax
+import pytest
+
+jax.config.update("jax_explicit_x64_dtypes", "error")
+
+
+def _x64_if_marked(node):
+    return jax.enable_x64(True) if node.get_closest_marker("x64") else contextlib.nullcontext()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _x64_module(request):
+    """Module-scoped, so that a marked module's module-scoped fixtures compute in float64 too."""
+    with _x64_if_marked(request.node):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _x64_test(request):
+    with _x64_if_marked(request.node):
+        yield

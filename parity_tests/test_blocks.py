@@ -20,7 +20,7 @@ def check(rows):
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", [pytest.param("float64", marks=pytest.mark.x64), "float32"])
 @pytest.mark.parametrize("name", list(BLOCKS))
 def test_block_parity(name, dtype, mode):
     torch_block, jax_block, x = block_pair(name, dtype)
@@ -42,6 +42,7 @@ ALTERNATIVES = ([("conv", impl, case) for impl in CONV_IMPLS if impl != Numerics
                 + [("upsample", impl, "upsample") for impl in UPSAMPLE_IMPLS if impl != Numerics.upsample])
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("field,impl,name", ALTERNATIVES)
 def test_alternative_formulations(field, impl, name):
     """Every formulation in CONV_IMPLS / UPSAMPLE_IMPLS besides the default, on the cheap blocks, float64."""

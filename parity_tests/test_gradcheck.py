@@ -18,6 +18,8 @@ from parity_tests.cases import BLOCKS, block_pair
 from parity_tests.compare import to_jax_layout, with_torch_weights
 from v2v_torch_ref import model as tmodel
 
+pytestmark = pytest.mark.x64  # finite differences need float64
+
 EPS = 1e-6
 
 

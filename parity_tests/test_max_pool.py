@@ -9,6 +9,8 @@ import torch
 
 from v2v_jax.layers import max_pool
 
+pytestmark = pytest.mark.x64  # exact equality with torch's float64
+
 
 @pytest.mark.parametrize("shape", [(2, 8, 8, 8, 3), (1, 9, 7, 10, 2)])
 @pytest.mark.parametrize("values", ["quantised", "constant"])

@@ -19,7 +19,7 @@ def check(rows):
     assert first_divergence(rows) is None, format_table(rows)
 
 
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", [pytest.param("float64", marks=pytest.mark.x64), "float32"])
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_model_parity_on_sparse_voxels(dtype, mode):
     torch_model, jax_model = model_pair(dtype)
@@ -31,6 +31,7 @@ def test_model_parity_on_sparse_voxels(dtype, mode):
     assert len(rows) == 22  # input, 20 blocks, output: nothing skipped
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_all_zero_input(mode):
     """Train mode: every BN sees a constant channel (variance 0), so everything is exactly 0 but the output bias
@@ -42,6 +43,7 @@ def test_all_zero_input(mode):
     check(compare_models(torch_model, jax_model, x, train=mode == "train", tol=TOL["float64"]))
 
 
+@pytest.mark.x64
 def test_batch_size_one():
     """BN statistics over one volume only (n = D*H*W per channel, 2^3 = 8 at the innermost level)."""
     torch_model, jax_model = model_pair("float64")
@@ -49,6 +51,7 @@ def test_batch_size_one():
     check(compare_models(torch_model, jax_model, x, train=True, tol=TOL["float64"]))
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("density", [0.002, 0.5])
 def test_very_sparse_and_dense_voxels(density):
     """A handful of set voxels (near-constant channels everywhere) and a half-full volume."""

@@ -2,12 +2,15 @@
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from parity_tests.cases import block_pair, model_pair, numerics, sparse_voxels
 from parity_tests.compare import OUTPUT, compare_models, first_divergence, format_table
 from v2v_jax import model as jmodel
 from v2v_torch_ref import model as tmodel
+
+pytestmark = pytest.mark.x64  # the controls run at the float64 tolerance
 
 TOL = 1e-10  # float64, as in test_model
 

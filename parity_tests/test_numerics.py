@@ -13,6 +13,7 @@ from v2v_jax.layers import BatchNorm3d, Numerics
 from v2v_jax.model import V2VModel
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("train", [True, False])
 def test_flax_flavour_equals_nnx_batchnorm(train):
     """Numerics(batchnorm='flax') == nnx.BatchNorm(use_fast_variance=True, momentum=0.9, epsilon=1e-5), float64:
@@ -31,6 +32,7 @@ def test_flax_flavour_equals_nnx_batchnorm(train):
     assert rel_error(ours.var[...], theirs.var[...]) <= 1e-13
 
 
+@pytest.mark.x64
 def test_float64_is_float64_everywhere():
     _, model = model_pair("float64")
     model.train()

@@ -2,10 +2,13 @@
 
 import numpy as np
 import optax
+import pytest
 import torch
 
 from parity_tests.cases import block_pair, model_pair, sparse_voxels
 from parity_tests.compare import train_both
+
+pytestmark = pytest.mark.x64  # five steps compared at the float64 tolerance
 
 STEPS, BATCH, GRID = 5, 2, 16
 

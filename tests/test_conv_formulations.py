@@ -51,6 +51,7 @@ def _params():
                                id=f"{impl}-" + "b{}_{}x{}x{}_i{}_o{}_k{}_p{}".format(*case))
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("impl,case", list(_params()))
 def test_formulation_matches_xla_convolution(impl, case):
     n, d, h, w, cin, cout, k, padding = case

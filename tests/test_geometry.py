@@ -45,6 +45,7 @@ def toy_scene(spec, seed):
 
 # --- camera ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.x64
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_depth_to_points_matches_reference(name):
     spec = TINY[name]
@@ -78,6 +79,7 @@ def test_depth_of_the_wrong_size_is_refused():
         geometry.depth_to_points(jnp.zeros((30, 40)), cameras.MSRA)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("camera", [cameras.NYU, cameras.ICVL, cameras.EVAL_INTRINSICS["nyu"]])
 def test_pixel_world_round_trip(camera):
     rng = np.random.default_rng(0)
@@ -133,6 +135,7 @@ AUGMENTATIONS = [(1.0, 0.0, (0.0, 0.0, 0.0)), (1.13, np.deg2rad(-31.0), (2.5, -3
                  (0.82, np.deg2rad(39.0), (-4.0, 1.0, 3.9))]
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("scale,angle,translation", AUGMENTATIONS)
 def test_voxels_equal_reference(scale, angle, translation):
     rng = np.random.default_rng(3)
@@ -225,6 +228,7 @@ def test_points_outside_the_cube_are_dropped(center, cube, seed):
 
 # --- targets ---------------------------------------------------------------------------------------------------
 
+@pytest.mark.x64
 def test_heatmaps_match_reference_to_1e6():
     """float32 separable targets against the float64 direct 3D formula at the same (float32) coordinates.
 
@@ -241,6 +245,7 @@ def test_heatmaps_match_reference_to_1e6():
                                rtol=0, atol=1e-15)
 
 
+@pytest.mark.x64
 def test_heatmap_sum_and_peak():
     """An interior target sums to (sqrt(2 pi) sigma)^3 = 77.4 (the sampling error of a Gaussian of sigma 1.7 on a
     unit grid is ~exp(-2 pi^2 sigma^2) ~ 1e-25) and peaks at 1 when c'/2 is a cell centre."""
@@ -249,6 +254,7 @@ def test_heatmap_sum_and_peak():
     assert float(h[22, 20, 25, 0]) == 1.0
 
 
+@pytest.mark.x64
 def test_heatmap_mse_matches_numpy_and_all_zero_value():
     rng = np.random.default_rng(5)
     coords = rng.uniform(10, N - 10, (2, 3, 3))
@@ -274,6 +280,7 @@ def noisy_heatmaps(rng, batch, joints, dtype=np.float32):
     return (clean + rng.normal(0, 0.02, clean.shape)).astype(dtype), coords
 
 
+@pytest.mark.x64
 def test_argmax_decoding_matches_reference_to_1e6_mm():
     rng = np.random.default_rng(6)
     heatmaps, _ = noisy_heatmaps(rng, 3, 4)
@@ -286,6 +293,7 @@ def test_argmax_decoding_matches_reference_to_1e6_mm():
     np.testing.assert_allclose(expected[0, 0], (np.array([5.5, 6.5, 7.5]) * 2 - M) * 200 / N + centers[0])
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("method,options", [("parabola", {}), ("window_mean", {"radius": 1}),
                                             ("window_mean", {"radius": 3}), ("soft_argmax", {"beta": 30.0})])
 def test_refinements_match_reference(method, options):
@@ -325,6 +333,7 @@ def test_encode_decode_without_augmentation_within_half_a_cell_diagonal(center, 
     assert errors.max() <= np.sqrt(3) * cube / N * (1 + 1e-3)
 
 
+@pytest.mark.x64
 @settings(max_examples=25, deadline=None)
 @given(center=centres, seed=st.integers(0, 2 ** 31), unit_offsets=joint_sets)
 def test_augment_then_decode_with_the_inverse_recovers_the_joints(center, seed, unit_offsets):
@@ -397,6 +406,7 @@ def test_encode_sample_is_one_sample_of_encode_batch():
         assert_grids_equal_up_to_ties(np.asarray(v[..., 0]), np.asarray(voxels[b, ..., 0]), coords64, band)
 
 
+@pytest.mark.x64
 def test_encode_batch_without_key_equals_reference():
     spec = TINY["icvl"]
     scenes = [toy_scene(spec, s) for s in (9, 10)]

@@ -502,6 +502,7 @@ def test_loader_workers_leave_ctrl_c_and_sigterm_to_the_main_process(clean_set):
     assert len(list(epoch)) == 3  # the rest of the epoch, from the same workers
 
 
+@pytest.mark.x64
 def test_empty_cube_check_matches_the_voxeliser(clean_set):
     """points_in_cube counts exactly the points voxelisation keeps (float64 here, so no face rounding)."""
     from v2v_jax import geometry

@@ -17,6 +17,8 @@ from v2v_jax.studies import overfit, plans, study
 from v2v_jax.studies.__main__ import parse_args
 from v2v_jax.train.checks import dead_output_warning
 
+pytestmark = pytest.mark.x64  # the study's float64 runs
+
 GRID, WIDTH, LR = 24, 8, 1e-3
 PARITY_STEPS = 5
 OVERFIT_STEPS = 300  # the one-sample loss first reached 1/100 at step 192 (float64) and 184 (float32)
