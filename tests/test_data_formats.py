@@ -1,4 +1,4 @@
-"""ICVL, NYU, HANDS2017 and ITOP loaders on small files written in the documented formats (SPEC §5)."""
+"""ICVL, NYU, HANDS2017 and ITOP loaders on small files written in the formats their docstrings describe."""
 
 import pickle
 from pathlib import Path

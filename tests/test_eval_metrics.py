@@ -1,4 +1,4 @@
-"""Evaluation metrics, result files and the CLI (SPEC §6), including the released V2V results in shared/data/eval."""
+"""Evaluation metrics, result files and the CLI, including the released V2V results in shared/data/eval."""
 
 from pathlib import Path
 
@@ -105,7 +105,8 @@ def test_cli_on_synthetic_files(tmp_path, capsys):
     ("icvl", 6.284, 84.6, 97.2, 99.3),
 ])
 def test_released_v2v_results(dataset, mean_mm, within_20, within_40, within_80, tmp_path, capsys):
-    """SPEC §6 check numbers, as printed (3 decimals in mm, 1 in %), through the CLI."""
+    """The released V2V results' mean error and max-frame success rates at 20, 40 and 80 mm, as printed (3 decimals
+    in mm, 1 in %), through the CLI."""
     if not EVAL_DIR.is_dir():
         pytest.skip(f"shared/data/eval beside the repository is absent ({EVAL_DIR})")
     gt, pred = EVAL_DIR / f"{dataset}_gt.txt", EVAL_DIR / f"{dataset}_v2v.txt"

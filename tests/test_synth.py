@@ -1,4 +1,4 @@
-"""Synthetic hand data: hand model, pose sampler, renderer and sensor model (SPEC §7)."""
+"""Synthetic hand data: hand model, pose sampler, renderer and sensor model."""
 
 import numpy as np
 import pytest
@@ -227,7 +227,7 @@ def test_sensor_model_noise_quantisation_and_dropout_on_a_frontal_plane():
     assert kept.sum() > 0.85 * patch.sum()  # a 1-2 px edge band at p <= 0.5, and at most 3 holes of <= 5 px
     assert np.array_equal(out, np.rint(out))
     residual = (out - depth)[kept]
-    sigma = 1.2  # SPEC §7 (Nguyen 2012): 1.2 + 1.9 (z - 0.4)^2 mm at z = 0.4 m
+    sigma = 1.2  # Kinect v1 axial noise (Nguyen et al. 2012): 1.2 + 1.9 (z - 0.4)^2 mm at z = 0.4 m
     # Noise is 1-2 x sigma, plus 1 mm quantisation (variance 1/12); ~9000 pixels estimate the std to ~1 %.
     low, high = np.sqrt(sigma ** 2 + 1 / 12), np.sqrt((2 * sigma) ** 2 + 1 / 12)
     assert 0.97 * low < residual.std() < 1.03 * high
@@ -237,7 +237,7 @@ def test_sensor_model_drops_grazing_surfaces():
     """A plane whose normal is 75 degrees from the optical axis: perspective puts pixels on both sides of the limit."""
     depth, cos, patch = _plane(75.0, depth_mm=200.0, size=(40, 60))
     out = render.sensor_model(depth, cos, np.random.default_rng(1))
-    limit = np.cos(np.radians(75.0))  # SPEC §7
+    limit = np.cos(np.radians(75.0))  # render.GRAZING_LIMIT_DEG
     interior = patch & ~render._grow(render._grow(render._grow(~patch)))  # away from the patch's own edges
     # On a plane the normal from depth differences is exact up to float32 rounding (1e-3 of the cosine here).
     grazing, facing = cos < limit - 0.01, interior & (cos > limit + 0.01)

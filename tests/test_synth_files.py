@@ -1,4 +1,4 @@
-"""Synthetic data written in MSRA's layout (SPEC §5), read back with plain NumPy (the loader round trip:
+"""Synthetic data written in MSRA's layout, read back with plain NumPy (the loader round trip:
 test_data_synth_roundtrip.py)."""
 
 import json

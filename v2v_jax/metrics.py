@@ -1,4 +1,7 @@
-"""Evaluation (SPEC §6), in NumPy: joint errors, success-rate curves, ITOP mAP, community result files.
+"""Evaluation in NumPy: joint errors, success-rate curves, ITOP mAP, community result files.
+
+Errors and curves follow the community evaluator (AHPE: xinghaochen/awesome-hand-pose-estimation,
+`evaluation/compute_error.py`).
 
 Result files (AHPE format): one line per test frame, `u v d` per joint (pixels, mm). The community evaluator converts
 them to world with its own intrinsics (`cameras.EVAL_INTRINSICS`), the same for ground truth and predictions.

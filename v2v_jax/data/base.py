@@ -4,8 +4,7 @@ A data set holds file names and labels in memory and reads depth on access. Its 
 mm in the data set's own axes (`spec.y_up`), so `Frame.center` and `Frame.joints` are directly comparable.
 
 Frame arrays are read-only: the depth is read fresh on every access, and centre and joints are read-only views
-of the in-memory labels, so an augmentation that works in place raises instead of corrupting later epochs
-(SPEC §8 lesson 1).
+of the in-memory labels, so an augmentation that works in place raises instead of corrupting later epochs.
 
 Bad frames (docs/reliability.md): a depth file that cannot be read, depth that is NaN, infinite or negative, a
 reference centre at zero depth, and, when the data set is given the training cube (`cube_mm`), a frame none of
@@ -190,7 +189,7 @@ def check_depth(depth: np.ndarray, path, shape: tuple[int, int]) -> np.ndarray:
 
 def points_in_cube(depth: np.ndarray, center: np.ndarray, spec: cameras.DatasetSpec, cube_mm: float,
                    enough: int | None = None) -> int:
-    """How many points of `depth` voxelisation keeps (SPEC §4): zero depth at the background, pixel -> world,
+    """How many points of `depth` voxelisation (v2v_jax/geometry.py) keeps: zero depth at the background, pixel -> world,
     then r - C/2 <= p < r + C/2 on every axis (float64, so up to rounding at the faces). With `enough`, counting
     may stop once that many are found. NumPy, so that loader workers stay JAX-free."""
     low, high = np.asarray(center, np.float64) - cube_mm / 2, np.asarray(center, np.float64) + cube_mm / 2

@@ -1,4 +1,5 @@
-"""Reference-centre files (SPEC §5, shared/data/README.md): one `x y z` line per frame, or `invalid invalid invalid`.
+"""Reference-centre files as released with V2V-PoseNet (mks0601/V2V-PoseNet_RELEASE): one `x y z` line per frame,
+or `invalid invalid invalid`.
 
 `read_centers` returns (N, 3) float64 with NaN rows for invalid lines, in the file's units; `centers_for` pairs a
 centre file with the frames of a label file (the data sets drop the invalid ones and count them).

@@ -1,4 +1,5 @@
-"""Procedural articulated right hand in MSRA's 21-joint order (SPEC §7): skeleton, joint limits, pose sampler.
+"""Procedural articulated right hand of spheres (after Qian et al., CVPR 2014) in MSRA's 21-joint order: skeleton,
+joint limits, pose sampler.
 
 Hand frame (mm): wrist at the origin, +y toward the fingers, palm in the x-y plane, +z dorsal, thumb side -x.
 Chains in MSRA order: index, middle, ring, little, thumb; each is a base joint and three bones, joint 1 + 4c + k.
@@ -41,7 +42,7 @@ PALM_RADIUS = 14.0
 PALM_GRID = 5          # rows from the wrist to the knuckles, and columns across the palm
 FOREARM = ((-12.0, 12.0), (6.0, -40.0), (15.0, 17.0))  # chain x positions, y from -> to, radius from -> to
 WEB_RADIUS = 9.0       # skin between the thumb and the index finger
-SPHERE_SPACING = 0.5   # of the smaller radius, between neighbouring spheres of a bone (SPEC §7)
+SPHERE_SPACING = 0.5   # of the smaller radius, between neighbouring spheres of a bone
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,7 +128,7 @@ def _bone_spheres(bones: np.ndarray, radii: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def make_shape(scale=1.0, bone_factors=None, width=1.0, length=1.0, thickness=1.0) -> HandShape:
-    """A hand from SPEC §7's numbers: `scale` overall, per-bone factors (5, 3), palm width/length, thickness."""
+    """A hand from BASES, BONES and RADII: `scale` overall, per-bone factors (5, 3), palm width/length, thickness."""
     bone_factors = np.ones((5, 3)) if bone_factors is None else np.asarray(bone_factors, np.float64)
     stretch = np.array([width, length, 1.0])
     bones, radii = BONES * bone_factors * scale, RADII * thickness * scale
@@ -138,7 +139,7 @@ def make_shape(scale=1.0, bone_factors=None, width=1.0, length=1.0, thickness=1.
 
 
 def sample_shape(rng: np.random.Generator) -> HandShape:
-    """A subject's hand: scale U(0.85, 1.15) (SPEC §7), bone factors N(1, 0.04) within ±10 %, palm proportions and
+    """A subject's hand: scale U(0.85, 1.15), bone factors N(1, 0.04) within ±10 %, palm proportions and
     thickness within a few per cent."""
     scale = rng.uniform(0.85, 1.15)
     bones = np.clip(rng.normal(1.0, 0.04, (5, 3)), 0.9, 1.1)
@@ -211,7 +212,7 @@ ABDUCTION_JITTER_DEG = 4.0
 
 
 def _coupled_dip(rng, pip):
-    """DIP flexion follows the PIP's (SPEC §7: about 2/3 of it, +-10 degrees)."""
+    """DIP flexion follows the PIP's: DIP_PER_PIP of it, +-DIP_JITTER_DEG."""
     return np.clip(DIP_PER_PIP * pip + rng.uniform(-DIP_JITTER_DEG, DIP_JITTER_DEG, np.shape(pip)),
                    *LIMITS_DEG[0, 3])
 
@@ -269,8 +270,10 @@ def sample_pose(rng: np.random.Generator, shape: HandShape, gesture: str) -> np.
     return np.clip(angles, LIMITS_DEG[..., 0], LIMITS_DEG[..., 1])
 
 
-# Global pose (SPEC §7): yaw about the camera's vertical axis, pitch about its horizontal axis (> 0 tips the fingers
-# toward the camera), roll about the viewing axis, applied in that order to the canonical view.
+# Global pose: yaw about the camera's vertical axis, pitch about its horizontal axis (> 0 tips the fingers toward the
+# camera), roll about the viewing axis, applied in that order to the canonical view. The ranges cover MSRA's ground
+# truth (1st-99th percentile yaw -84..71, pitch -15..83 degrees: msra_angle.txt of the awesome-hand-pose-estimation
+# evaluation).
 YAW_DEG, PITCH_DEG, ROLL_DEG = (-90.0, 90.0), (-15.0, 90.0), (-60.0, 60.0)
 PALM_DEPTH_MM = (250.0, 450.0)
 IMAGE_MARGIN_PX = 6.0

@@ -1,4 +1,4 @@
-"""HANDS 2017 challenge data set (BigHand2.2M based; Yuan et al., CVPR 2018), SPEC §5.
+"""HANDS 2017 challenge data set (BigHand2.2M based; Yuan et al., CVPR 2018).
 
 Train: `training/Training_Annotation.txt`, lines `name x1 y1 z1 ... x21 y21 z21` (world mm, the data set's axes,
 y down), depth `training/images/<name>`. Test: `frame/BoundingBox.txt`, lines `name x y w h` (the box is not used;

@@ -1,4 +1,4 @@
-"""ICVL hand posture data set (Tang et al., CVPR 2014), SPEC §5.
+"""ICVL hand posture data set (Tang et al., CVPR 2014).
 
 Labels: `Training/labels.txt` (train) and `Testing/test_seq_1.txt`, `Testing/test_seq_2.txt` (test, in that order),
 one line per frame `path u1 v1 d1 ... u16 v16 d16` in pixels and mm; converted to world mm with the data set's
@@ -29,7 +29,7 @@ def read_labels(path: Path, spec: cameras.DatasetSpec) -> tuple[list[str], np.nd
     if not np.isfinite(uvd).all():
         raise DataError(f"{path}: joint labels contain NaN or infinite values")
     u, v, d = uvd[..., 0], uvd[..., 1], uvd[..., 2]
-    # SPEC §4 with ICVL's y pointing down; NumPy here rather than v2v_jax.geometry keeps JAX out of loader workers
+    # x = (u - cx) d / fx, y = (v - cy) d / fy: ICVL's y points down; NumPy here rather than v2v_jax.geometry keeps JAX out of loader workers
     xyz = np.stack([(u - spec.cx) * d / spec.fx, (v - spec.cy) * d / spec.fy, d], axis=-1)
     return [row[0] for row in rows], xyz.astype(np.float32)
 

@@ -1,4 +1,4 @@
-"""ITOP body pose data set (Haque et al., ECCV 2016), side (the paper's front) or top view, SPEC §5.
+"""ITOP body pose data set (Haque et al., ECCV 2016), side (the paper's front) or top view.
 
 Files in `root`: `ITOP_{view}_{split}_depth_map.h5` (key `data`, (N, 240, 320), metres) and
 `ITOP_{view}_{split}_labels.h5` (key `real_world_coordinates`, (N, 15, 3), metres; optional `is_valid` (N,) and

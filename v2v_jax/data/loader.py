@@ -123,7 +123,7 @@ def batches(dataset: DepthDataset, batch_size: int, *, seed: int, epoch: int, st
 
 def frames_digest(dataset: DepthDataset, indices) -> str:
     """SHA-256 of the depth, centre, joints and id of `indices`: equal before and after an epoch if nothing
-    changed the raw frames (SPEC §8 lesson 1)."""
+    changed the raw frames."""
     digest = hashlib.sha256()
     for i in indices:
         frame = dataset[int(i)]

@@ -1,4 +1,4 @@
-"""MSRA hand gesture data set (Sun et al., CVPR 2015): readers and writers of its on-disk formats (SPEC §5).
+"""MSRA hand gesture data set (Sun et al., CVPR 2015): readers and writers of its on-disk formats.
 
 Layout: `P<k>/<gesture>/%06d_depth.bin` and `P<k>/<gesture>/joint.txt`, gestures in `cameras.MSRA_GESTURES` order.
 

@@ -1,4 +1,4 @@
-"""NYU hand pose data set (Tompson et al., TOG 2014), SPEC §5.
+"""NYU hand pose data set (Tompson et al., TOG 2014).
 
 `{train,test}/joint_data.mat`, key `joint_xyz` of shape (kinect, frame, 36, 3), world mm, y up: kinect 1 and the
 14 evaluated joints (`cameras.NYU_EVAL_JOINT_IDS`). Depth `{train,test}/depth_1_%07d.png` (1-based), an RGB PNG
