@@ -189,9 +189,9 @@ def check_depth(depth: np.ndarray, path, shape: tuple[int, int]) -> np.ndarray:
 
 def points_in_cube(depth: np.ndarray, center: np.ndarray, spec: cameras.DatasetSpec, cube_mm: float,
                    enough: int | None = None) -> int:
-    """How many points of `depth` voxelisation (v2v_jax/geometry.py) keeps: zero depth at the background, pixel -> world,
-    then r - C/2 <= p < r + C/2 on every axis (float64, so up to rounding at the faces). With `enough`, counting
-    may stop once that many are found. NumPy, so that loader workers stay JAX-free."""
+    """How many points of `depth` voxelisation (v2v_jax/geometry.py) keeps: zero depth at the background,
+    pixel -> world, then r - C/2 <= p < r + C/2 on every axis (float64, so up to rounding at the faces). With
+    `enough`, counting may stop once that many are found. NumPy, so that loader workers stay JAX-free."""
     low, high = np.asarray(center, np.float64) - cube_mm / 2, np.asarray(center, np.float64) + cube_mm / 2
     candidates = (depth >= low[2] - 1) & (depth < high[2] + 1)  # float32 compare, widened; exact test below
     if spec.background_mm is not None and low[2] <= spec.background_mm < high[2]:

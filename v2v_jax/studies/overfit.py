@@ -260,7 +260,8 @@ def torch_model(variant: Variant, state_dict, device: str) -> torch.nn.Module:
 def to_torch(array: np.ndarray, variant: Variant, device: str) -> torch.Tensor:
     """(B, D, H, W, C) NumPy -> (B, C, D, H, W) tensor in the variant's dtype and memory format."""
     tensor = torch.from_numpy(np.moveaxis(array, -1, 1).copy())
-    return tensor.to(device=device, dtype=torch_model_lib.DTYPES[variant.dtype]).contiguous(memory_format=memory_format(variant))
+    dtype = torch_model_lib.DTYPES[variant.dtype]
+    return tensor.to(device=device, dtype=dtype).contiguous(memory_format=memory_format(variant))
 
 
 def train_torch(variant: Variant, problem: Problem, init: dict, *, steps: int, lr: float,
