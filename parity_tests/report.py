@@ -106,7 +106,8 @@ def report(args) -> str:
 
 def main(argv=None):
     args = parse_args(argv)
-    jax.config.update("jax_enable_x64", True)  # for --dtype float64; every other dtype is named explicitly
+    if args.dtype == "float64":  # every other dtype runs in JAX's default configuration, as the product does
+        jax.config.update("jax_enable_x64", True)
     text = report(args)
     print(text)
     if args.out:
