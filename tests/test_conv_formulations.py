@@ -103,6 +103,7 @@ def upsample_with_grads(impl, x, kernel, cotangent):
     return (y, *vjp(cotangent))
 
 
+@pytest.mark.x64  # the reference is computed in float64
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("impl", UPSAMPLE_IMPLS)
 def test_upsample_formulation_matches_the_definition(impl, dtype):
@@ -129,6 +130,7 @@ def test_upsample_formulation_matches_the_definition(impl, dtype):
         assert excess <= 0, f"{impl} {dtype} {name}: beyond the bound by {excess:.2e}"
 
 
+@pytest.mark.x64
 @pytest.mark.slow  # ~80 s here: two float64 V2V gradients, XLA's float64 3D convolutions are slow on CPU
 def test_network_with_cpu_default_matches_xla_convolutions():
     """V2V forward and parameter gradients, train-mode BN, float64: the CPU formulation vs XLA's convolution.
