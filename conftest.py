@@ -28,3 +28,12 @@ def _x64_module(request):
 def _x64_test(request):
     with _x64_if_marked(request.node):
         yield
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Points a test that failed on a refused 64-bit type at the marker."""
+    report = yield
+    if report.failed and call.excinfo is not None and "Explicitly requested dtype" in str(call.excinfo.value):
+        report.sections.append(("x64", "this test asks JAX for a 64-bit type: mark it @pytest.mark.x64 (conftest.py)"))
+    return report
