@@ -8,11 +8,13 @@ and saves the max-frame success-rate curves (one per prediction file) with per-j
 
 from __future__ import annotations
 
-import argparse
+import sys
 from pathlib import Path
 
 from v2v_jax import metrics
+from v2v_jax.config import Parser
 from v2v_jax.data import cameras
+from v2v_jax.data.base import DataError
 
 REPORTED_THRESHOLDS_MM = (20, 40, 80)
 
@@ -40,7 +42,7 @@ def format_table(results: dict, joint_names, per_joint: bool = False) -> str:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description="Evaluate result files (u v d per joint, one line per frame).")
+    parser = Parser(description="Evaluate result files (u v d per joint, one line per frame).")
     parser.add_argument("--dataset", required=True, choices=sorted(cameras.EVAL_INTRINSICS),
                         help="selects the evaluator's intrinsics")
     parser.add_argument("--gt", required=True, type=Path, help="ground-truth file in the same format")
@@ -48,8 +50,14 @@ def main(argv=None):
     parser.add_argument("--plot", type=Path, help="save the success-rate curves to this PNG")
     parser.add_argument("--per-joint", action="store_true", help="also print per-joint mean errors")
     args = parser.parse_args(argv)
+    if args.plot and not args.plot.parent.is_dir():
+        parser.error(f"--plot {args.plot}: folder {args.plot.parent} does not exist")
 
-    results = metrics.evaluate_files(args.gt, args.predictions, args.dataset)
+    try:
+        results = metrics.evaluate_files(args.gt, args.predictions, args.dataset)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     num_joints = next(iter(results.values())).shape[1]
     spec_names = cameras.get(args.dataset).joint_names
     joint_names = list(spec_names) if len(spec_names) == num_joints else [str(j) for j in range(num_joints)]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from v2v_jax.data import cameras
-from v2v_jax.data.base import DataError
+from v2v_jax.data.base import MAX_RANGE_MM, DataError
 from v2v_jax.geometry import pixel_to_world, world_to_pixel
 
 THRESHOLDS_MM = np.arange(0, 81)
@@ -66,27 +66,39 @@ def itop_map(errors_mm: np.ndarray, threshold_mm: float = ITOP_THRESHOLD_MM) -> 
 # --- result files ----------------------------------------------------------------------------------------------
 
 def read_result_file(path, num_joints: int | None = None) -> np.ndarray:
-    """A community result file -> (F, J, 3) float64 `u v d`; a malformed line is an error naming file and line."""
+    """A community result file -> (F, J, 3) float64 `u v d`; DataError naming the file (and line) if it cannot be
+    read, is not text, is empty, has a malformed line, another joint count than `num_joints`, or a non-finite
+    value."""
     path = Path(path)
     expected = 3 * num_joints if num_joints else None
     rows = []
-    with path.open() as f:
-        for line_number, line in enumerate(f, start=1):
-            try:
-                values = [float(x) for x in line.split()]
-            except ValueError as e:
-                raise ValueError(f"{path}:{line_number}: not a number ({e})") from None
-            if expected is None and (not values or len(values) % 3):
-                raise ValueError(f"{path}:{line_number}: {len(values)} numbers, not a positive multiple of 3 "
-                                 "(u v d per joint)")
-            expected = expected or len(values)
-            if len(values) != expected:
-                raise ValueError(f"{path}:{line_number}: {len(values)} numbers, expected {expected} "
-                                 f"({expected // 3} joints x u v d)")
-            rows.append(values)
+    try:
+        with path.open(encoding="utf-8") as f:
+            for line_number, line in enumerate(f, start=1):
+                rows.append(_parse_line(path, line_number, line, expected))
+                expected = expected or len(rows[-1])
+    except OSError as e:
+        raise DataError(f"{path}: cannot read the result file ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a text result file ({e.reason} at byte {e.start})") from None
     if not rows:
-        raise ValueError(f"{path}: no frames")
+        raise DataError(f"{path}: no frames")
     return np.array(rows).reshape(len(rows), -1, 3)
+
+
+def _parse_line(path: Path, line_number: int, line: str, expected: int | None) -> list[float]:
+    where = f"{path}:{line_number}"
+    try:
+        values = [float(x) for x in line.split()]
+    except ValueError as e:
+        raise DataError(f"{where}: not a number ({e})") from None
+    if expected is None and (not values or len(values) % 3):
+        raise DataError(f"{where}: {len(values)} numbers, not a positive multiple of 3 (u v d per joint)")
+    if expected is not None and len(values) != expected:
+        raise DataError(f"{where}: {len(values)} numbers, expected {expected} ({expected // 3} joints x u v d)")
+    if not np.isfinite(values).all():
+        raise DataError(f"{where}: holds a non-finite value ({next(v for v in values if not np.isfinite(v))})")
+    return values
 
 
 def read_world(path, dataset: str, num_joints: int | None = None) -> np.ndarray:
@@ -128,10 +140,16 @@ def write_result_file(path, joints_world: np.ndarray, spec: cameras.DatasetSpec)
 def evaluate_files(gt_path, pred_paths, dataset: str) -> dict[str, np.ndarray]:
     """Ground-truth file and prediction files -> {prediction path: (F, J) errors in mm}."""
     gt = read_world(gt_path, dataset)
+    far = np.argwhere(np.linalg.norm(gt, axis=-1) > MAX_RANGE_MM)
+    if len(far):
+        frame, joint = far[0]
+        raise DataError(f"{gt_path}:{frame + 1}: joint {joint} lies {np.linalg.norm(gt[frame, joint]) / 1000:.3g} m "
+                        f"from the camera, farther than any of these cameras sees ({MAX_RANGE_MM / 1000:g} m): not "
+                        f"{dataset} ground truth in mm")
     results = {}
     for pred_path in pred_paths:
         pred = read_world(pred_path, dataset, num_joints=gt.shape[1])
         if len(pred) != len(gt):
-            raise ValueError(f"{pred_path} has {len(pred)} frames but {gt_path} has {len(gt)}")
+            raise DataError(f"{pred_path} has {len(pred)} frames but {gt_path} has {len(gt)}")
         results[str(pred_path)] = joint_errors(pred, gt)
     return results

@@ -7,11 +7,12 @@ Frame arrays are read-only: the depth is read fresh on every access, and centre 
 of the in-memory labels, so an augmentation that works in place raises instead of corrupting later epochs.
 
 Bad frames (docs/reliability.md): a depth file that cannot be read, depth that is NaN, infinite or negative, a
-reference centre at zero depth, and, when the data set is given the training cube (`cube_mm`), a frame none of
+reference centre at zero or negative depth, and, when the data set is given the training cube (`cube_mm`), a frame none of
 whose points falls inside the cube around its centre (the input grid would be empty). `on_bad_frame='error'` (the
 default) raises DataError naming the file and the problem when the frame is opened (centres) or read (depth);
 `on_bad_frame='skip'` reads every frame once when the data set is opened, drops the bad ones, logs each and counts
-them by reason in `skipped`. A malformed label or centre file is never a frame's fault: it always raises.
+them by reason in `skipped`. A malformed label or centre file is never a frame's fault: it always raises, and so
+does a joint label farther than MAX_RANGE_MM from the camera.
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from v2v_jax.data import cameras
 log = logging.getLogger(__name__)
 BAD_FRAME_POLICIES = ("error", "skip")
 UNREADABLE = "unreadable depth file"
+# Farther than any camera of these data sets sees (hands within about 1.5 m; ITOP's bodies within about 5 m): a joint
+# label beyond it is in the wrong units or corrupt.
+MAX_RANGE_MM = 10_000.0
 SKIP_HINT = "to skip such frames instead (logged and counted) use on_bad_frame='skip' (train.py --on-bad-frame skip)"
 
 
@@ -93,16 +97,23 @@ class DepthDataset:
             skipped["marked invalid in labels"] = int((keep & ~marked_valid).sum())
             keep &= marked_valid
         zero_depth = np.flatnonzero(keep & (centers[:, 2] <= 0))
-        problems = {i: f"{centers_source}: reference centre at zero depth ({centers[i].tolist()}) for frame "
-                       f"{frame_ids[i]}" for i in zero_depth}
+        problems = {i: f"{centers_source}: reference centre at {'zero' if centers[i, 2] == 0 else 'negative'} depth "
+                       f"({centers[i].tolist()}) for frame {frame_ids[i]}" for i in zero_depth}
+        reason = "centre at zero or negative depth"
         if problems and on_bad_frame == "error":
             more = f" (and {len(problems) - 1} more frames)" if len(problems) > 1 else ""
-            raise DataError(f"{problems[zero_depth[0]]}{more}; {SKIP_HINT}", "centre at zero depth")
+            raise DataError(f"{problems[zero_depth[0]]}{more}; {SKIP_HINT}", reason)
         for i, problem in problems.items():
             log.warning("skipping frame %s: %s", frame_ids[i], problem)
         if problems:
-            skipped["bad frame: centre at zero depth"] = len(problems)
+            skipped[f"bad frame: {reason}"] = len(problems)
             keep[zero_depth] = False
+        far = np.argwhere(keep[:, None] & (np.linalg.norm(np.asarray(joints, np.float64), axis=-1) > MAX_RANGE_MM))
+        if len(far):
+            i, j = far[0]
+            raise DataError(f"{getattr(self, 'root', centers_source)}: frame {frame_ids[i]}: joint {j} is labelled at "
+                            f"{np.asarray(joints)[i, j].tolist()} mm, farther than {MAX_RANGE_MM / 1000:g} m from the "
+                            f"camera ({len(far)} such labels): labels in the wrong units, or corrupt")
         self.sources = [s for s, k in zip(sources, keep) if k]
         self._set_labels([f for f, k in zip(frame_ids, keep) if k], centers[keep], np.asarray(joints)[keep],
                          skipped)
@@ -147,7 +158,11 @@ class DepthDataset:
 
     def _read_checked(self, i: int) -> np.ndarray:
         """Frame i's depth, after every check of a bad frame that needs it (DataError if one fails)."""
-        depth = self.read_depth(i)
+        try:
+            depth = self.read_depth(i)
+        except OSError as error:
+            raise DataError(f"{self.source_name(i)}: cannot read the depth file ({error.strerror or error})",
+                            UNREADABLE) from None
         if self.cube_mm is not None and not points_in_cube(depth, self.centers[i], self.spec, self.cube_mm, enough=1):
             raise DataError(f"{self.source_name(i)}: no depth point of frame {self.frame_ids[i]} falls inside the "
                             f"{self.cube_mm:g} mm cube around its reference centre {self.centers[i].tolist()}: the "

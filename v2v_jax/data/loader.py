@@ -12,8 +12,13 @@ threads and forking a threaded process can deadlock; as a forkserver start re-im
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
+import select
 import signal
+import threading
+import time
 
 import numpy as np
 import torch
@@ -78,12 +83,35 @@ def _to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {key: torch.from_numpy(value) for key, value in batch.items()}
 
 
-def _leave_signals_to_the_main_process(_worker_id: int) -> None:
+def _start_worker(main_pid: int, _worker_id: int) -> None:
     """Workers ignore SIGINT and SIGTERM: a terminal's Ctrl-C or a scheduler's SIGTERM reaches the whole process
     group, and a worker dying mid-batch would crash the main process before it can checkpoint and stop. The main
-    process shuts its workers down; they also exit if it dies."""
+    process shuts its workers down; a worker also exits as soon as the main process dies, however it dies."""
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
+    threading.Thread(target=_exit_when_gone, args=(main_pid,), daemon=True, name="watch-main-process").start()
+
+
+def _exit_when_gone(pid: int) -> None:
+    """Ends this process once process `pid` has ended. A worker's parent is the forkserver, not the main process, so
+    torch's own check (its parent's pid) does not see a SIGKILLed main process: the worker, the forkserver and the
+    resource tracker (about 260 MB) then lived on for minutes."""
+    try:
+        select.select([os.pidfd_open(pid)], [], [])  # readable once the process has exited
+    except ProcessLookupError:
+        pass  # already gone
+    except OSError:  # no pidfd (Linux before 5.3): poll
+        while _alive(pid):
+            time.sleep(1.0)
+    os._exit(0)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 class BatchLoader:
@@ -97,7 +125,7 @@ class BatchLoader:
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
         self._plan = _EpochPlan()
         workers = dict(multiprocessing_context=mp_context, prefetch_factor=prefetch_factor, persistent_workers=True,
-                       worker_init_fn=_leave_signals_to_the_main_process) if num_workers else {}
+                       worker_init_fn=functools.partial(_start_worker, os.getpid())) if num_workers else {}
         self._loader = torch.utils.data.DataLoader(_BatchReader(dataset), batch_size=None, sampler=self._plan,
                                                    num_workers=num_workers, collate_fn=_to_tensors, **workers)
 

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -129,6 +130,7 @@ class Checkpointer:
             options = ocp.CheckpointManagerOptions(preservation_policy=policy, cleanup_tmp_directories=True)
         with _quiet_read_only_notice():
             self.manager = ocp.CheckpointManager(self.directory.absolute(), options=options)
+        self.set_aside: list[Path] = []  # where corrupt checkpoints were moved, oldest first
         self._pending = None  # the step whose asynchronous write is not yet known to have succeeded
         self._failed = False
 
@@ -183,6 +185,7 @@ class Checkpointer:
         if step not in self.steps():
             raise CheckpointError(f"{self.directory}: no checkpoint of step {step} (there are: "
                                   f"{', '.join(map(str, self.steps())) or 'none'})")
+        _drop_callbacks_into_closed_loops()
         try:
             restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                                            record=ocp.args.JsonRestore()))
@@ -254,6 +257,7 @@ class Checkpointer:
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices(f"set aside checkpoint {step}")
         self.manager.reload()
+        self.set_aside.append(target)
         return target
 
     def close(self):
@@ -278,3 +282,23 @@ def _quiet_read_only_notice():
         yield
     finally:
         absl.removeFilter(notice)
+
+
+def _drop_callbacks_into_closed_loops() -> None:
+    """Drops the RuntimeError('Event loop is closed') that a failed read leaves behind (others pass on).
+
+    When one array of a checkpoint cannot be read, orbax's event loop ends while tensorstore still completes the
+    other reads; each completion calls into the closed loop and Python reports it as an unraisable exception: 80-150
+    tracebacks before the one-line corrupt-checkpoint warning of a V2V run. They report nothing the warning does not.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_closed_loop_callbacks", False):
+        return
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook.drops_closed_loop_callbacks = True
+    sys.unraisablehook = hook

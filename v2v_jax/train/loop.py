@@ -28,7 +28,7 @@ from v2v_jax.data.loader import BatchLoader
 from v2v_jax.model import V2VModel
 from v2v_jax.train import checks, datasets, parallel, plots, report
 from v2v_jax.train.checkpoint import METRIC, CheckpointError, Checkpointer
-from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log, truncate_log
+from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log, set_aside_logs
 from v2v_jax.train.runtime import configure_runtime
 from v2v_jax.train.step import (GeometryConfig, TrainState, init_state, make_eval_step, make_optimizer,
                                 make_train_step, numerics_for)
@@ -112,11 +112,16 @@ def train_batches(loader: BatchLoader, seed: int, step: int, steps_per_epoch: in
         epoch, start_batch = epoch + 1, 0
 
 
-def restore(checkpoints: Checkpointer, state: TrainState) -> tuple[TrainState, Progress]:
-    """The newest checkpoint that verifies (corrupt ones set aside), or `state` and no progress if there is none."""
+def restore(checkpoints: Checkpointer, state: TrainState, is_writer: bool) -> tuple[TrainState, Progress]:
+    """The newest checkpoint that verifies (corrupt ones set aside), or `state` and no progress if there is none;
+    if every checkpoint was corrupt, the lost run's logs are set aside beside them."""
     restored = checkpoints.restore_latest(state, set_aside_corrupt=True)
     if restored is None:
-        print(f"--resume: no usable checkpoint in {checkpoints.directory}; starting from scratch")
+        kept = ""
+        if checkpoints.set_aside and is_writer:
+            logs = set_aside_logs(checkpoints.directory.parent, checkpoints.set_aside[-1].parent)
+            kept = f"; the logs of the run they belonged to are in {logs}"
+        print(f"--resume: no usable checkpoint in {checkpoints.directory}{kept}; starting from scratch")
         return state, Progress()
     state, record = restored
     print(f"resumed from step {record['step']} (epoch {record['epoch'] + 1}, batch {record['batch']})")
@@ -146,12 +151,11 @@ def train(cfg: Config, transform_step: Callable[[Callable], Callable] | None = N
     stop.install()
     checkpoints = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
     try:
-        state, progress = restore(checkpoints, state) if cfg.resume else (state, Progress())
+        state, progress = restore(checkpoints, state, is_writer) if cfg.resume else (state, Progress())
         step = int(state.step)
         if is_writer:
             save_config(cfg, run_dir)
-            truncate_log(run_dir, step)
-        log = ScalarLog(run_dir, enabled=is_writer)
+        log = ScalarLog(run_dir, step, enabled=is_writer)
         mesh = parallel.data_mesh(cfg.batch_size)
         state = parallel.replicate(state, mesh)
         train_step = make_train_step(train_def, tx, geo, on_nonfinite=cfg.on_nonfinite)

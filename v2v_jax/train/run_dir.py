@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tensorboardX.event_file_writer import EventsWriter
-from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 
 
@@ -73,14 +73,23 @@ class ScalarLog:
     Both are written and flushed synchronously, so a failing write (a full disk) raises RunDirError in the training
     loop. (tensorboardX's SummaryWriter writes from a thread that dies on such an error, after which its bounded
     queue blocks the loop forever.)
+
+    A run that continues from step `start` (0: from scratch) keeps the records of the steps it does not redo
+    (`kept_through`) and no others: metrics.jsonl loses the later lines, and each new event file opens with
+    TensorBoard's purge marker (a SessionLog START at the first redone step, as SummaryWriter(purge_step=...)
+    writes it), which hides the older files' events from that step on.
     """
 
-    def __init__(self, run_dir: Path, enabled: bool = True):
+    def __init__(self, run_dir: Path, start: int = 0, enabled: bool = True):
         self.enabled, self.run_dir = enabled, run_dir
         if enabled:
+            truncate_log(run_dir, start)
             self.jsonl = open(run_dir / "metrics.jsonl", "a")
             (run_dir / "tensorboard").mkdir(exist_ok=True)
-            self.events = EventsWriter(str(run_dir / "tensorboard" / "events"))
+            # tensorboardX names a file by the second it opens it and truncates an existing one: add a finer stamp.
+            self.events = EventsWriter(str(run_dir / "tensorboard" / "events"), filename_suffix=f".{time.time_ns()}")
+            purge = kept_through(start) + 1
+            self.events.write_event(Event(step=purge, session_log=SessionLog(status=SessionLog.START)))
 
     def write(self, step: int, **scalars: float) -> None:
         if not self.enabled:
@@ -112,16 +121,39 @@ def read_log(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in complete if line.strip()]
 
 
-def truncate_log(run_dir: Path, step: int) -> None:
-    """On resume, drop log lines past the restored step (they describe work that is being redone)."""
+def kept_through(start: int) -> int:
+    """The last logged step that a run continuing from step `start` does not log again. Records of step `start`
+    itself were written before its checkpoint, except those of step 0 (the initial losses), which a run from
+    scratch writes again."""
+    return start if start > 0 else -1
+
+
+def truncate_log(run_dir: Path, start: int) -> None:
+    """Drop the metrics.jsonl lines of the steps a run continuing from `start` redoes (`kept_through`)."""
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return
-    text = "".join(json.dumps(r) + "\n" for r in read_log(run_dir) if r["step"] <= step)  # drops a torn last line
+    last = kept_through(start)
+    text = "".join(json.dumps(r) + "\n" for r in read_log(run_dir) if r["step"] <= last)  # drops a torn last line
     if text != path.read_text():
         tmp = path.with_suffix(".jsonl.tmp")
         tmp.write_text(text)
         tmp.replace(path)
+
+
+def set_aside_logs(run_dir: Path, folder: Path) -> Path:
+    """Moves metrics.jsonl and tensorboard/ of `run_dir` into a new subfolder of `folder`; returns that subfolder.
+    (For a run whose every checkpoint was corrupt: it starts again, and the logs of the lost run stay beside its
+    checkpoints.)"""
+    target = folder / "logs"
+    copies = 1
+    while target.exists():
+        target, copies = folder / f"logs.{copies}", copies + 1
+    target.mkdir(parents=True)
+    for name in ("metrics.jsonl", "tensorboard"):
+        if (run_dir / name).exists():
+            (run_dir / name).rename(target / name)
+    return target
 
 
 def initial_record(log: list[dict]) -> dict | None:
