@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from v2v_jax import metrics
 from v2v_jax.data import cameras, icvl, msra
 from v2v_jax.data.base import DataError, check_depth
 from v2v_jax.data.centers import read_centers
@@ -138,6 +139,8 @@ def mat_bytes() -> bytes:
 
 
 NYU_MAT = mat_bytes()
+RESULTS = "".join(" ".join(f"{v:.4f}" for v in row) + "\n" for row in np.concatenate(
+    [RNG.uniform(100, 300, (3, 4, 2)), RNG.uniform(300, 600, (3, 4, 1))], -1).reshape(3, -1)).encode()
 
 
 # --- the parsers ----------------------------------------------------------------------------------------------
@@ -275,3 +278,17 @@ def test_itop_hdf5(scratch, case):
     frames = parse(root / f"ITOP_side_test_{which}.h5", data, open_and_read)
     for frame in frames or []:
         assert frame.depth.shape == MSRA_SHAPE and np.isfinite(frame.depth).all()
+
+
+@FUZZ
+@given(gt=text_inputs(RESULTS), pred=text_inputs(RESULTS))
+def test_result_files_through_the_evaluator(scratch, gt, pred):
+    """Community result files (u v d per joint), ground truth and prediction both mutated, read as `evaluate`
+    reads them: errors per frame and joint, all finite, or DataError naming one of the two files."""
+    folder = scratch / "results"
+    folder.mkdir(exist_ok=True)
+    (folder / "pred.txt").write_bytes(pred)
+    errors = parse(folder / "gt.txt", gt, lambda p: metrics.evaluate_files(p, [folder / "pred.txt"], "nyu"))
+    if errors is not None:
+        (e,) = errors.values()
+        assert e.ndim == 2 and np.isfinite(e).all()

@@ -694,16 +694,21 @@ def test_loader_processes_end_with_a_killed_main_process(clean_set):
     forkserver and the resource tracker must still end, within seconds (they lived on for minutes)."""
     main = subprocess.Popen([sys.executable, "-c", LOADER_CHILD, str(clean_set)], stdout=subprocess.PIPE, text=True)
     assert main.stdout.readline().strip() == "reading"
-    helpers = descendants(main.pid)
-    assert len(helpers) >= 3, helpers  # resource tracker, forkserver, worker
-    main.kill()
-    main.wait()
+    assert_helpers_end_with(main.pid, lambda: (main.kill(), main.wait()))
+
+
+def assert_helpers_end_with(pid: int, kill) -> None:
+    """Kills process `pid` with `kill()`; its loader processes (resource tracker, forkserver, worker) must end
+    within 10 s (a hung test ends them itself)."""
+    helpers = descendants(pid)
+    assert len(helpers) >= 3, helpers
+    kill()
     deadline = time.time() + 10
     while any(map(running, helpers)) and time.time() < deadline:
         time.sleep(0.1)
-    alive = [pid for pid in helpers if running(pid)]
-    for pid in alive:
-        os.kill(pid, signal.SIGKILL)
+    alive = [p for p in helpers if running(p)]
+    for p in alive:
+        os.kill(p, signal.SIGKILL)
     assert not alive
 
 

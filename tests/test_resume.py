@@ -115,7 +115,7 @@ def run_to_end(args, env, out, name, log_dir=None) -> Run:
 
 def final_checkpoint(out: Path) -> tuple[list[np.ndarray], dict]:
     """The verified arrays and record of the newest checkpoint of a finished run."""
-    checkpoints = Checkpointer(out / "checkpoints")
+    checkpoints = Checkpointer(out / "checkpoints", read_only=True)
     try:
         steps = checkpoints.steps()
         return checkpoints.read(steps[-1])
@@ -291,7 +291,7 @@ def resume_command(run: Run, signal_name: str) -> list[str]:
                       run.output)
     assert found, run.output[-3000:]
     assert int(found.group(1)) in committed_steps(run.out)
-    Checkpointer(run.out / "checkpoints").read(int(found.group(1)))  # written completely, verifies
+    Checkpointer(run.out / "checkpoints", read_only=True).read(int(found.group(1)))  # written completely, verifies
     return [sys.executable, *shlex.split(found.group(3))]
 
 
@@ -342,7 +342,7 @@ def test_nan_gradient_stops_the_run_naming_the_step_and_earlier_checkpoints_stay
                      r"good checkpoint: \S*checkpoints/6\. Resume from it with --resume, or pass --on-nonfinite skip",
                      run.output), run.output[-3000:]
     assert committed_steps(out) == [4, 5, 6]  # the last three (--keep-checkpoints 3)
-    checkpoints = Checkpointer(out / "checkpoints")
+    checkpoints = Checkpointer(out / "checkpoints", read_only=True)
     for step in committed_steps(out):
         leaves, record = checkpoints.read(step)
         assert record["step"] == step and all(np.isfinite(x).all() for x in leaves if x.dtype.kind == "f")
@@ -442,7 +442,7 @@ def test_full_or_read_only_disk_is_a_clear_error_and_the_last_checkpoint_stays_i
                       else "(Read-only file system|No such file or directory)")
             assert re.search(WRITE_FAILED.format(reason), run.output), run.output[-3000:]
             steps = committed_steps(out)
-            checkpoints = Checkpointer(out / "checkpoints")
+            checkpoints = Checkpointer(out / "checkpoints", read_only=True)
             assert checkpoints.read(steps[-1])[1]["step"] == steps[-1]  # intact
             checkpoints.close()
             if fault == "full":
@@ -465,6 +465,53 @@ def test_bad_frame_policy_end_to_end(synth_root, env, tmp_path):
     run = run_to_end(train_args(root, tmp_path / "skip", "--on-bad-frame", "skip"), env, tmp_path / "skip", "skip")
     assert "msra train: 19 frames kept, 1 skipped (0 invalid centre, 1 bad frame: unreadable depth file)" in run.output
     assert re.search(rf"skipping frame P0/5/000000: {re.escape(str(bad))}: truncated", run.output), run.output[-3000:]
+
+
+@pytest.mark.slow
+def test_readers_during_training_never_harm_it(synth_root, env, reference, tmp_path):
+    """`predict --checkpoint RUN` again and again while RUN trains (it killed the training in 4 of 4 tries, its
+    clean-up deleting the checkpoint being written): the training ends, bitwise equal to the uninterrupted run."""
+    out = tmp_path / "run"
+    run = Run(train_args(synth_root, out, "--checkpoint-every", "1"), env, out, "read")
+    wait_for_checkpoint(run, 1)
+    reads = 0
+    while run.proc.poll() is None:
+        predict = subprocess.run([sys.executable, "-m", "v2v_jax.predict", "--checkpoint", str(out), "--result-file",
+                                  str(tmp_path / "r.txt")], env=env, capture_output=True, text=True, cwd=REPO)
+        reads += predict.returncode == 0
+    assert run.finish() == 0, run.output[-3000:]
+    assert reads >= 2
+    assert_same_parameters(out, reference.checkpoint())
+
+
+@pytest.mark.slow
+def test_a_sigkilled_run_leaves_no_loader_processes(synth_root, env, tmp_path):
+    """SIGKILL of `train.py --num-workers 1`: the worker, forkserver and resource tracker end too (they lived on
+    for minutes, about 260 MB)."""
+    from test_reliability import assert_helpers_end_with
+    out = tmp_path / "run"
+    run = Run(train_args(synth_root, out, "--num-workers", "1"), env, out, "workers")
+    run.wait_for_step(2)
+    assert_helpers_end_with(run.proc.pid, run.kill)
+
+
+@pytest.mark.slow
+def test_another_synthetic_set_on_the_same_root_is_refused_while_a_run_reads_it(synth_root, env, reference,
+                                                                                tmp_path):
+    """A second run asking for other synthetic frames on the first run's --root is refused by name; the first run
+    (its data unchanged under it) ends bitwise equal to the uninterrupted run."""
+    root = tmp_path / "synth"
+    shutil.copytree(synth_root, root)
+    out = tmp_path / "run"
+    run = Run(train_args(root, out), env, out, "first")
+    run.wait_for_step(1)
+    other = [*train_args(root, tmp_path / "other"), "--synth-frames", str(FRAMES + 17)]
+    second = Run(other, env, tmp_path / "other", "second", tmp_path)
+    assert second.finish() == 2, second.output[-3000:]
+    assert re.search(rf"error: \S*synth: holds another synthetic set \({FRAMES} frames, {SUBJECTS} subjects, seed 0 "
+                     r".*nothing was replaced", second.output), second.output[-3000:]
+    assert run.finish() == 0, run.output[-3000:]
+    assert_same_parameters(out, reference.checkpoint())
 
 
 def test_printed_resume_flags_survive_spaces_and_quotes():

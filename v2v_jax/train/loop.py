@@ -84,6 +84,11 @@ class Progress:
         return Progress(history, best)
 
 
+def eval_variables(state: TrainState) -> tuple:
+    """The (params, batch_stats) that evaluation uses: the one place to choose them."""
+    return state.params, state.batch_stats
+
+
 def evaluate(eval_step, state: TrainState, loader: BatchLoader, max_batches: int | None, mesh) -> dict:
     """Predicts every test frame (or `max_batches` batches) and returns errors in mm.
 
@@ -96,7 +101,7 @@ def evaluate(eval_step, state: TrainState, loader: BatchLoader, max_batches: int
         count = len(batch["joints"])
         padded = {key: np.concatenate([batch[key], np.repeat(batch[key][-1:], loader.batch_size - count, axis=0)])
                   for key in BATCH_KEYS}
-        joints, loss = eval_step(state.params, state.batch_stats, parallel.shard_batch(padded, mesh))
+        joints, loss = eval_step(*eval_variables(state), parallel.shard_batch(padded, mesh))
         preds.append(parallel.gather(joints)[:count])
         gts.append(batch["joints"])
         losses.append(parallel.gather(loss)[:count])
