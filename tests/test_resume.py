@@ -469,18 +469,22 @@ def test_bad_frame_policy_end_to_end(synth_root, env, tmp_path):
 
 @pytest.mark.slow
 def test_readers_during_training_never_harm_it(synth_root, env, reference, tmp_path):
-    """`predict --checkpoint RUN` again and again while RUN trains (it killed the training in 4 of 4 tries, its
-    clean-up deleting the checkpoint being written): the training ends, bitwise equal to the uninterrupted run."""
+    """`predict --checkpoint RUN` while RUN trains (it killed the training in 4 of 4 tries, its clean-up deleting
+    the checkpoint being written), and beside it predict's loading again and again in this process, a checkpoint
+    written at every step meanwhile: the training ends, bitwise equal to the uninterrupted run."""
+    from v2v_jax import predict
     out = tmp_path / "run"
     run = Run(train_args(synth_root, out, "--checkpoint-every", "1"), env, out, "read")
     wait_for_checkpoint(run, 1)
+    cli = subprocess.Popen([sys.executable, "-m", "v2v_jax.predict", "--checkpoint", str(out), "--result-file",
+                            str(tmp_path / "r.txt")], env=env, stderr=subprocess.PIPE, text=True, cwd=REPO)
     reads = 0
     while run.proc.poll() is None:
-        predict = subprocess.run([sys.executable, "-m", "v2v_jax.predict", "--checkpoint", str(out), "--result-file",
-                                  str(tmp_path / "r.txt")], env=env, capture_output=True, text=True, cwd=REPO)
-        reads += predict.returncode == 0
+        predict.load_run(out)
+        reads += 1
     assert run.finish() == 0, run.output[-3000:]
-    assert reads >= 2
+    assert cli.wait(RUN_TIMEOUT) == 0, cli.stderr.read()[-3000:]
+    assert reads >= 1
     assert_same_parameters(out, reference.checkpoint())
 
 
