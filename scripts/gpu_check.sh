@@ -50,7 +50,7 @@ cat "$out/environment.txt"
 # Precision and backend study (issue 7), first: the H200 run of 2026-11-28 spent its 75 s budget on the PyTorch
 # configurations and skipped JAX float32-highest, float64, bfloat16 and one-pass BN. Its own budget keeps it inside
 # the step's limit.
-step study_precision 180 python3 -m v2v_jax.studies precision --device gpu --budget-s 150 --out "$out/precision"
+step study_precision 180 python3 -m parity_tests.studies precision --device gpu --budget-s 150 --out "$out/precision"
 
 parity() {  # parity NAME ARGS...: the report tool at 32^3, full width, batch 4
   local name=$1

@@ -1,7 +1,7 @@
 """The precision study at CPU size (issue 7): what must hold whatever the numerics.
 
 Sizes are the study's CPU defaults (grid 24, width 8, wrist + fingertips, RMSprop lr 1e-3), so these runs are the
-first steps of `python -m v2v_jax.studies precision`; the final-ReLU check needs V2V's own 88^3 grid. Two XLA
+first steps of `python -m parity_tests.studies precision`; the final-ReLU check needs V2V's own 88^3 grid. Two XLA
 compilations (float64 at 24^3, float32 with a final ReLU at 88^3) dominate the runtime: about a minute on the
 2-core machine, inside the default test run because these are the study's claims (issue 7).
 """
@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from v2v_jax import geometry
-from v2v_jax.studies import overfit, plans, study
-from v2v_jax.studies.__main__ import parse_args
+from parity_tests.studies import overfit, plans, study
+from parity_tests.studies.__main__ import parse_args
 from v2v_jax.train.checks import dead_output_warning
 
 pytestmark = pytest.mark.x64  # the study's float64 runs

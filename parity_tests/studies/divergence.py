@@ -21,7 +21,7 @@ from flax import nnx
 
 from parity_tests import compare
 from v2v_jax.layers import BatchNorm3d
-from v2v_jax.studies.overfit import (Problem, Variant, jax_device, jax_model, jax_numerics, memory_format,
+from parity_tests.studies.overfit import (Problem, Variant, jax_device, jax_model, jax_numerics, memory_format,
                                      shape_of, torch_backend, torch_model)
 from v2v_torch_ref import model as torch_model_lib
 

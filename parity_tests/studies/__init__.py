@@ -1,7 +1,7 @@
 """Precision, backend and ablation studies of V2V training (issue 7), run as
 
-    python -m v2v_jax.studies precision [--device cpu|gpu] [--steps N] [--grid G] [--width W] [--out DIR]
-    python -m v2v_jax.studies ablations [same options]
+    python -m parity_tests.studies precision [--device cpu|gpu] [--steps N] [--grid G] [--width W] [--out DIR]
+    python -m parity_tests.studies ablations [same options]
 
 `overfit` trains one numerical configuration (a `Variant`) on a few synthetic samples, `plans` lists the studies'
 configurations and sizes, `divergence` compares trained configurations block by block (on `parity_tests.compare`),

@@ -10,9 +10,9 @@ import numpy as np
 import torch
 
 from parity_tests import compare
-from v2v_jax.studies import divergence, report
-from v2v_jax.studies.overfit import Problem, Result, Variant, jax_has, make_problem
-from v2v_jax.studies.plans import (DIVERGENCE_PAIRS, Budget, Settings, ablation_variants, final_relu_variants,
+from parity_tests.studies import divergence, report
+from parity_tests.studies.overfit import Problem, Result, Variant, jax_has, make_problem
+from parity_tests.studies.plans import (DIVERGENCE_PAIRS, Budget, Settings, ablation_variants, final_relu_variants,
                                    precision_variants, run_variants)
 from v2v_jax.train.checks import dead_output_warning
 

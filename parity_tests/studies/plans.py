@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from v2v_jax.studies.overfit import Problem, Result, Variant, initial_state_dict, jax_has, train
+from parity_tests.studies.overfit import Problem, Result, Variant, initial_state_dict, jax_has, train
 
 AUTHORS_LR = 2.5e-4
 

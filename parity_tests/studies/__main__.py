@@ -1,4 +1,4 @@
-"""Command line of the studies: `python -m v2v_jax.studies {precision,ablations} [options]`."""
+"""Command line of the studies: `python -m parity_tests.studies {precision,ablations} [options]`."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ import jax  # noqa: E402
 import torch  # noqa: E402
 
 from v2v_jax.layers import CONV_IMPLS  # noqa: E402
-from v2v_jax.studies.overfit import JOINT_SETS  # noqa: E402
-from v2v_jax.studies.plans import DEFAULTS  # noqa: E402
-from v2v_jax.studies.study import ablation_study, precision_study  # noqa: E402
+from parity_tests.studies.overfit import JOINT_SETS  # noqa: E402
+from parity_tests.studies.plans import DEFAULTS  # noqa: E402
+from parity_tests.studies.study import ablation_study, precision_study  # noqa: E402
 
 STUDIES = {"precision": precision_study, "ablations": ablation_study}
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m v2v_jax.studies", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m parity_tests.studies", description=__doc__)
     p.add_argument("study", choices=sorted(STUDIES))
     p.add_argument("--device", choices=sorted(DEFAULTS), default="cpu",
                    help="where both frameworks run; the defaults below depend on it")

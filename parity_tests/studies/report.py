@@ -11,8 +11,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from parity_tests.compare import INPUT, OUTPUT, Row
-from v2v_jax.studies.divergence import BlockReference, Pair
-from v2v_jax.studies.overfit import Result, Variant
+from parity_tests.studies.divergence import BlockReference, Pair
+from parity_tests.studies.overfit import Result, Variant
 
 
 def _num(value, fmt=".2e") -> str:
