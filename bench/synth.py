@@ -18,7 +18,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from v2v_jax.data import cameras, hand_model, render, synth
-from v2v_jax.geometry import world_to_pixel
+from v2v_jax.data.cameras import world_to_pixel
 
 FINGER_COLOURS = ("tab:red", "tab:green", "tab:blue", "tab:purple", "tab:orange")  # index, middle, ring, little, thumb
 

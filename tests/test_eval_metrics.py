@@ -8,7 +8,7 @@ from PIL import Image
 
 from v2v_jax import evaluate, metrics
 from v2v_jax.data import cameras
-from v2v_jax.geometry import pixel_to_world
+from v2v_jax.data.cameras import pixel_to_world
 
 EVAL_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "eval"
 

@@ -84,10 +84,10 @@ def test_depth_of_the_wrong_size_is_refused():
 def test_pixel_world_round_trip(camera):
     rng = np.random.default_rng(0)
     xyz = rng.uniform([-150, -150, 300], [150, 150, 1200], (50, 3))
-    uvd = geometry.world_to_pixel(xyz, camera)
+    uvd = cameras.world_to_pixel(xyz, camera)
     assert isinstance(uvd, np.ndarray) and uvd.dtype == np.float64
-    np.testing.assert_allclose(geometry.pixel_to_world(uvd, camera), xyz, rtol=1e-13, atol=1e-10)
-    np.testing.assert_allclose(geometry.pixel_to_world(jnp.asarray(uvd), camera), xyz, rtol=1e-13, atol=1e-10)
+    np.testing.assert_allclose(cameras.pixel_to_world(uvd, camera), xyz, rtol=1e-13, atol=1e-10)
+    np.testing.assert_allclose(cameras.pixel_to_world(jnp.asarray(uvd), camera), xyz, rtol=1e-13, atol=1e-10)
 
 
 def test_pixel_to_world_agrees_with_depth_to_points():
@@ -95,7 +95,7 @@ def test_pixel_to_world_agrees_with_depth_to_points():
     depth, _, _ = toy_scene(spec, 2)
     v, u = np.nonzero(depth)
     uvd = np.stack([u, v, depth[v, u]], -1).astype(np.float64)
-    np.testing.assert_allclose(geometry.pixel_to_world(uvd, spec), ref.depth_to_points(depth, spec)[v * spec.width + u],
+    np.testing.assert_allclose(cameras.pixel_to_world(uvd, spec), ref.depth_to_points(depth, spec)[v * spec.width + u],
                                rtol=1e-14)
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from v2v_jax.data import cameras, hand_model, render, synth
-from v2v_jax.geometry import world_to_pixel
+from v2v_jax.data.cameras import world_to_pixel
 
 SPEC = cameras.MSRA
 

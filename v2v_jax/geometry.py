@@ -1,11 +1,15 @@
-"""Data geometry on the device (SPEC §4): depth -> points -> voxels, heatmap targets, and heatmaps -> joints.
+"""Data geometry on the device: depth -> points -> voxels, heatmap targets, and heatmaps -> joints.
 
 Everything is jittable and vmappable with static shapes: a depth image of H x W is always H*W points, and points
-outside the cube are masked out of the scatter, never filtered. Coordinates:
+outside the cube are masked out of the scatter, never filtered. Coordinates (docs/conventions.md):
 - world: millimetres, camera frame of the data set (`DatasetSpec.y_up` decides the sign of Y);
 - grid (c'): continuous voxel coordinates of the N^3 input grid, voxel i covers [i, i+1) on each axis;
 - heatmap cells (M = N/2 per axis): g = c'/2, cell a has its centre at a + 0.5.
 Array axes (0, 1, 2) are world (x, y, z). Computation runs in the wider of float32 and the inputs' dtype.
+
+Two geometries (`GEOMETRIES`) differ in how a depth map becomes voxels: 'ours' numbers pixels from 0 and floors
+voxel coordinates; 'port' numbers pixels from 1 and truncates them toward zero, as the public PyTorch port
+(dragonbook/V2V-PoseNet-pytorch, datasets/msra_hand.py `depthmap2points` and src/v2v_util.py `scattering`).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from v2v_jax.data.cameras import DatasetSpec
+from v2v_jax.data.cameras import DatasetSpec, pixel_to_world_xyz
 
 SCALE_RANGE = (0.8, 1.2)
 MAX_ANGLE_DEG = 40.0
@@ -29,45 +33,30 @@ OCCUPANCY_DTYPE = jnp.uint8  # 0/1 in one byte: a quarter of float32's memory tr
 DECODE_METHODS = ("argmax", "parabola", "window_mean", "soft_argmax")
 
 
+class Geometry(NamedTuple):
+    """How depth pixels become voxels: the number of the first pixel column and row, and the voxel rounding."""
+
+    pixel_origin: int  # pixel (u, v) of the depth array is the camera's (u + o, v + o)
+    truncate: bool     # voxel index trunc(c') (points in (-1, 0) land in voxel 0) instead of floor(c')
+
+
+GEOMETRIES = {"ours": Geometry(pixel_origin=0, truncate=False), "port": Geometry(pixel_origin=1, truncate=True)}
+
+
+def geometry_of(name: str) -> Geometry:
+    try:
+        return GEOMETRIES[name]
+    except KeyError:
+        raise ValueError(f"unknown geometry {name!r}; choose one of {sorted(GEOMETRIES)}") from None
+
+
 def _float_dtype(*arrays):
     return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
 
 
-# --- camera ----------------------------------------------------------------------------------------------------
+# --- depth -> points -------------------------------------------------------------------------------------------
 
-def camera_intrinsics(camera) -> tuple[float, float, float, float]:
-    """(fx, fy, cx, cy) with fy negative for y-up data sets, the sign convention of `cameras.EVAL_INTRINSICS`.
-
-    `camera` is a DatasetSpec or such a 4-tuple already.
-    """
-    if isinstance(camera, DatasetSpec):
-        return camera.fx, -camera.fy if camera.y_up else camera.fy, camera.cx, camera.cy
-    fx, fy, cx, cy = camera
-    return fx, fy, cx, cy
-
-
-def _namespace(array):
-    return np if isinstance(array, np.ndarray) else jnp
-
-
-def _pixel_to_world_xyz(u, v, d, camera):
-    fx, fy, cx, cy = camera_intrinsics(camera)
-    return (u - cx) * d / fx, (v - cy) * d / fy, d
-
-
-def pixel_to_world(uvd, camera):
-    """(..., 3) pixel u (column), v (row), depth d -> world x, y, z; NumPy in gives NumPy out (float64 stays)."""
-    return _namespace(uvd).stack(_pixel_to_world_xyz(uvd[..., 0], uvd[..., 1], uvd[..., 2], camera), axis=-1)
-
-
-def world_to_pixel(xyz, camera):
-    """Inverse of `pixel_to_world`."""
-    fx, fy, cx, cy = camera_intrinsics(camera)
-    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
-    return _namespace(xyz).stack([x * fx / z + cx, y * fy / z + cy, z], axis=-1)
-
-
-def _depth_to_world_xyz(depth, spec: DatasetSpec, dtype):
+def _depth_to_world_xyz(depth, spec: DatasetSpec, dtype, pixel_origin: int = 0):
     """(..., H, W) depth in mm -> world x, y, z, each (..., H, W)."""
     if depth.shape[-2:] != (spec.height, spec.width):
         raise ValueError(f"depth image of shape {depth.shape} does not match {spec.name}'s "
@@ -77,14 +66,15 @@ def _depth_to_world_xyz(depth, spec: DatasetSpec, dtype):
         z = jnp.where(z == 0, jnp.asarray(spec.background_mm, dtype), z)
     v = jnp.arange(spec.height, dtype=dtype)[:, None]
     u = jnp.arange(spec.width, dtype=dtype)[None, :]
-    return _pixel_to_world_xyz(u, v, z, spec)
+    return pixel_to_world_xyz(u, v, z, spec, pixel_origin)
 
 
-def depth_to_points(depth: jax.Array, spec: DatasetSpec, dtype=jnp.float32) -> jax.Array:
+def depth_to_points(depth: jax.Array, spec: DatasetSpec, dtype=jnp.float32, geometry: str = "ours") -> jax.Array:
     """(H, W) depth in mm -> (H*W, 3) world points; zero depth becomes `spec.background_mm` (None: stays 0)."""
     if depth.ndim != 2:
         raise ValueError(f"depth image of shape {depth.shape} is not one {spec.height} x {spec.width} image")
-    return jnp.stack(_depth_to_world_xyz(depth, spec, dtype), axis=-1).reshape(-1, 3)
+    xyz = _depth_to_world_xyz(depth, spec, dtype, geometry_of(geometry).pixel_origin)
+    return jnp.stack(xyz, axis=-1).reshape(-1, 3)
 
 
 # --- augmentation and the world <-> grid map -------------------------------------------------------------------
@@ -102,7 +92,7 @@ def identity_augmentation(dtype=jnp.float32) -> Augmentation:
 
 
 def sample_augmentation(key: jax.Array, dtype=jnp.float32) -> Augmentation:
-    """s ~ U[0.8, 1.2), angle ~ U[-40, 40) degrees, t ~ U[-4, 4)^3 voxels (SPEC, ADOPTED)."""
+    """s ~ U[0.8, 1.2), angle ~ U[-40, 40) degrees, t ~ U[-4, 4)^3 voxels (the paper's ranges)."""
     k_scale, k_angle, k_trans = jax.random.split(key, 3)
     max_angle = np.deg2rad(MAX_ANGLE_DEG)
     return Augmentation(
@@ -150,7 +140,7 @@ def grid_to_world(coords, center, cube_mm, grid_size: int, aug: Augmentation | N
     return d * jnp.asarray(cube_mm / grid_size, dtype) + jnp.asarray(center, dtype)
 
 
-def _occupancy(xyz, grid_size: int, batch_shape: tuple[int, ...], dtype) -> jax.Array:
+def _occupancy(xyz, grid_size: int, batch_shape: tuple[int, ...], dtype, truncate: bool = False) -> jax.Array:
     """Grid coordinates as components (x, y, z), each of shape batch_shape + point axes -> batch_shape + (N, N, N).
 
     The batch is folded into one flat scatter, which XLA runs fastest on CPU and which reshapes to any
@@ -160,27 +150,34 @@ def _occupancy(xyz, grid_size: int, batch_shape: tuple[int, ...], dtype) -> jax.
     if volumes * n ** 3 >= 2 ** 31:
         raise ValueError(f"{volumes} grids of {n}^3 voxels overflow int32 indices; voxelise in smaller batches")
     x, y, z = xyz
-    inside = (x >= 0) & (x < n) & (y >= 0) & (y < n) & (z >= 0) & (z < n)  # = 0 <= floor(c) < N; NaN is outside
-    i, j, k = [jnp.floor(jnp.where(inside, c, 0)).astype(jnp.int32) for c in (x, y, z)]
+    if truncate:  # 0 <= trunc(c) < N, and trunc(c) = floor(max(c, 0)) there
+        inside = (x > -1) & (x < n) & (y > -1) & (y < n) & (z > -1) & (z < n)
+        xyz = [jnp.maximum(c, 0) for c in xyz]
+    else:  # 0 <= floor(c) < N
+        inside = (x >= 0) & (x < n) & (y >= 0) & (y < n) & (z >= 0) & (z < n)  # NaN is outside
+    i, j, k = [jnp.floor(jnp.where(inside, c, 0)).astype(jnp.int32) for c in xyz]
     volume = jnp.arange(volumes, dtype=jnp.int32).reshape(batch_shape + (1,) * (x.ndim - len(batch_shape)))
     flat = jnp.where(inside, ((volume * n + i) * n + j) * n + k, volumes * n ** 3)  # past the end: dropped
     grid = jnp.zeros((volumes * n ** 3,), dtype).at[flat.reshape(-1)].set(1, mode="drop")
     return grid.reshape(*batch_shape, n, n, n)
 
 
-def voxelize_grid_coords(coords: jax.Array, grid_size: int, dtype=OCCUPANCY_DTYPE) -> jax.Array:
+def voxelize_grid_coords(coords: jax.Array, grid_size: int, dtype=OCCUPANCY_DTYPE, geometry: str = "ours"
+                         ) -> jax.Array:
     """(..., P, 3) continuous voxel coordinates -> (..., N, N, N) occupancy: voxel floor(c') is 1 where
-    0 <= floor(c') < N on every axis, 0 elsewhere."""
-    return _occupancy((coords[..., 0], coords[..., 1], coords[..., 2]), grid_size, coords.shape[:-2], dtype)
+    0 <= floor(c') < N on every axis, 0 elsewhere (geometry 'port': trunc(c') instead of floor(c'))."""
+    return _occupancy((coords[..., 0], coords[..., 1], coords[..., 2]), grid_size, coords.shape[:-2], dtype,
+                      geometry_of(geometry).truncate)
 
 
 def voxelize(points, center, cube_mm, grid_size: int, aug: Augmentation | None = None,
-             dtype=OCCUPANCY_DTYPE) -> jax.Array:
+             dtype=OCCUPANCY_DTYPE, geometry: str = "ours") -> jax.Array:
     """(P, 3) world points -> (N, N, N) occupancy of the cube of side `cube_mm` around `center`.
 
     float32 and float64 agree except for points within rounding of a voxel face (tests/test_geometry.py).
     """
-    return voxelize_grid_coords(world_to_grid(points, center, cube_mm, grid_size, aug), grid_size, dtype)
+    coords = world_to_grid(points, center, cube_mm, grid_size, aug)
+    return voxelize_grid_coords(coords, grid_size, dtype, geometry)
 
 
 def _computed_once(augs: Augmentation) -> Augmentation:
@@ -201,39 +198,43 @@ def _per_sample(tree, point_axes: int):
     return jax.tree.map(lambda a: a.reshape(a.shape[:1] + (1,) * point_axes + a.shape[1:]), tree)
 
 
-def _encode(depths, centers, joints, augs: Augmentation | None, spec, grid_size, cube_mm, dtype):
+def _encode(depths, centers, joints, augs: Augmentation | None, spec, grid_size, cube_mm, dtype, geometry):
     """The batched encoding, given one augmentation per sample (leading axis B) or None."""
     cube_mm = spec.cube_mm if cube_mm is None else cube_mm
     augs = None if augs is None else _computed_once(augs)
+    pixel_origin, truncate = geometry_of(geometry)
     # Pixels stay (B, H, W) components: as stacked (B, H*W, 3) points the encoding took 2.6x longer on CPU.
-    pixels = _world_to_grid_xyz(_depth_to_world_xyz(depths, spec, jnp.float32), _per_sample(centers, 2), cube_mm,
-                                grid_size, _per_sample(augs, 2))
-    voxels = _occupancy(pixels, grid_size, depths.shape[:1], dtype)
+    points = _depth_to_world_xyz(depths, spec, jnp.float32, pixel_origin)
+    pixels = _world_to_grid_xyz(points, _per_sample(centers, 2), cube_mm, grid_size, _per_sample(augs, 2))
+    voxels = _occupancy(pixels, grid_size, depths.shape[:1], dtype, truncate)
     joint_coords = world_to_grid(joints, _per_sample(centers, 1), cube_mm, grid_size, _per_sample(augs, 1))
     return voxels[..., None], joint_coords
 
 
 def encode_sample(depth, center, joints, key: jax.Array | None, spec: DatasetSpec, grid_size: int = 88,
-                  cube_mm: float | None = None, dtype=OCCUPANCY_DTYPE) -> tuple[jax.Array, jax.Array]:
+                  cube_mm: float | None = None, dtype=OCCUPANCY_DTYPE, geometry: str = "ours"
+                  ) -> tuple[jax.Array, jax.Array]:
     """Depth (H, W), centre (3,), joints (J, 3) -> voxels (N, N, N, 1) of `dtype` and joint grid coordinates c'
     (J, 3).
 
     `key` None means no augmentation (evaluation); otherwise one draw shared by the voxels and the joints.
+    `geometry` names the pixel origin and voxel rounding (`GEOMETRIES`); the joints' coordinates do not depend on it.
     """
     aug = None if key is None else jax.tree.map(lambda x: x[None], sample_augmentation(key))
     voxels, coords = _encode(depth[None], jnp.asarray(center)[None], jnp.asarray(joints)[None], aug, spec,
-                             grid_size, cube_mm, dtype)
+                             grid_size, cube_mm, dtype, geometry)
     return voxels[0], coords[0]
 
 
 def encode_batch(depths, centers, joints, key: jax.Array | None, spec: DatasetSpec, grid_size: int = 88,
-                 cube_mm: float | None = None, dtype=OCCUPANCY_DTYPE) -> tuple[jax.Array, jax.Array]:
+                 cube_mm: float | None = None, dtype=OCCUPANCY_DTYPE, geometry: str = "ours"
+                 ) -> tuple[jax.Array, jax.Array]:
     """Batched `encode_sample`: (B, H, W), (B, 3), (B, J, 3) -> (B, N, N, N, 1), (B, J, 3).
 
     Sample b draws its augmentation with `jax.random.split(key, B)[b]`; key None: no augmentation.
     """
     augs = None if key is None else jax.vmap(sample_augmentation)(jax.random.split(key, depths.shape[0]))
-    return _encode(depths, centers, joints, augs, spec, grid_size, cube_mm, dtype)
+    return _encode(depths, centers, joints, augs, spec, grid_size, cube_mm, dtype, geometry)
 
 
 # --- heatmap targets and loss ----------------------------------------------------------------------------------
@@ -318,9 +319,9 @@ def decode_grid_coords(heatmaps: jax.Array, method: str = "argmax", *, radius: i
                        dtype=jnp.float32) -> jax.Array:
     """(B, M, M, M, J) heatmaps -> (B, J, 3) grid coordinates c' = 2 g.
 
-    method: 'argmax' (ADOPTED, g = k + 0.5), 'parabola' (per-axis log-parabola vertex), 'window_mean' (weighted mean
-    of max(H, 0) within `radius` cells of the argmax) or 'soft_argmax' (expectation under softmax(beta H) over the
-    whole volume).
+    method: 'argmax' (the original's, g = k + 0.5), 'parabola' (per-axis log-parabola vertex), 'window_mean'
+    (weighted mean of max(H, 0) within `radius` cells of the argmax) or 'soft_argmax' (expectation under
+    softmax(beta H) over the whole volume).
     """
     if method not in DECODE_METHODS:
         raise ValueError(f"unknown decoding method {method!r}; choose one of {DECODE_METHODS}")
@@ -333,7 +334,7 @@ def decode_heatmaps(heatmaps: jax.Array, centers: jax.Array, cube_mm: float, gri
                     method: str = "argmax", **options) -> jax.Array:
     """(B, M, M, M, J) heatmaps, (B, 3) centres -> (B, J, 3) world mm (in the wider of float32 and centres' dtype).
 
-    ADOPTED argmax: c = (k + 0.5) * 2, p = (c - N/2) C/N + r; `options` go to `decode_grid_coords`.
+    argmax: c = (k + 0.5) * 2, p = (c - N/2) C/N + r; `options` go to `decode_grid_coords`.
     """
     dtype = _float_dtype(centers)
     coords = decode_grid_coords(heatmaps, method, dtype=dtype, **options)

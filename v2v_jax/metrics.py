@@ -17,7 +17,7 @@ import numpy as np
 
 from v2v_jax.data import cameras
 from v2v_jax.data.base import MAX_RANGE_MM, DataError
-from v2v_jax.geometry import pixel_to_world, world_to_pixel
+from v2v_jax.data.cameras import pixel_to_world, world_to_pixel
 
 THRESHOLDS_MM = np.arange(0, 81)
 ITOP_THRESHOLD_MM = 100.0

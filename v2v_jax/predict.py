@@ -23,7 +23,7 @@ from v2v_jax.data.base import DataError, check_depth, points_in_cube
 from v2v_jax.data.images import read_png_nyu, read_png_uint16
 from v2v_jax.data.loader import batches
 from v2v_jax.data.msra import read_depth_bin
-from v2v_jax.geometry import world_to_pixel
+from v2v_jax.data.cameras import world_to_pixel
 from v2v_jax.train.checkpoint import Checkpointer
 from v2v_jax.train.datasets import open_datasets, spec_for
 from v2v_jax.train.loop import build_model, geometry_config

@@ -131,26 +131,22 @@ def plot_success_curves(path, curves: dict, thresholds, per_joint: dict | None =
 
 
 def example_projection(path, seed: int = 0):
-    """The example picture: a toy hand of spheres (MSRA camera), its grid, targets, and argmax-decoded targets."""
+    """The example picture: one synthetic frame (v2v_jax.data.synth, MSRA camera), its grid, targets, and
+    argmax-decoded targets."""
     import jax
     import jax.numpy as jnp
 
     from v2v_jax import geometry
-    from v2v_jax.data import cameras
-    from v2v_torch_ref.geometry_ref import render_spheres, toy_hand
+    from v2v_jax.data import cameras, synth
 
-    spec = cameras.MSRA
-    rng = np.random.default_rng(seed)
-    centres, radii, joints = toy_hand([rng.uniform(-40, 40), rng.uniform(-60, -20), rng.uniform(300, 400)], rng)
-    depth = render_spheres(spec, centres, radii)
-    center = joints.mean(axis=0) + rng.uniform(-10, 10, 3)  # a reference point near, not at, the hand
-    voxels, coords = geometry.encode_sample(jnp.asarray(depth), jnp.asarray(center, jnp.float32),
-                                            jnp.asarray(joints, jnp.float32), jax.random.key(seed), spec)
+    frame = synth.render_rows(np.array([[0, 0, 0]]), seed)
+    voxels, coords = geometry.encode_sample(jnp.asarray(frame.depth[0]), jnp.asarray(frame.centers[0]),
+                                            jnp.asarray(frame.joints[0]), jax.random.key(seed), cameras.MSRA)
     heatmaps = geometry.gaussian_heatmaps(coords)
     decoded = geometry.decode_grid_coords(heatmaps[None])[0]
     plot_volume_projections(path, np.asarray(voxels[..., 0]), np.asarray(heatmaps), np.asarray(coords),
                             np.asarray(decoded), SKELETONS["msra"],
-                            title="toy hand, 88³ grid, one augmentation draw: occupied voxels (grey), "
+                            title="synthetic hand, 88³ grid, one augmentation draw: occupied voxels (grey), "
                                   "targets (colour), target peaks (circles), argmax decoding of the targets (x)")
 
 

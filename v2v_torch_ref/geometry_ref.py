@@ -1,9 +1,13 @@
 """NumPy per-sample reference of the data geometry, laid out like the PyTorch port's `src/v2v_util.py`.
 
 Slow and plain on purpose: float64, one sample at a time, loops where they read more clearly. It follows the port's
-structure (generate_coord -> scattering / generate_heatmap_gt, extract_coord_from_output -> warp2continuous) with the
-ADOPTED conventions of SPEC §4 instead of the port's (floor instead of int truncation, t in [-4, 4) about N/2 instead
-of a 96^3 frame). Heatmaps are (J, M, M, M) as in the port. Also a small sphere renderer for synthetic test scenes.
+structure (generate_coord -> scattering / generate_heatmap_gt, extract_coord_from_output -> warp2continuous), with
+the augmentation as c' = s R (c - N/2) + N/2 + t (the port's 96^3 frame is t = 4 - trans, docs/conventions.md) and
+two geometries: 'ours' numbers pixels from 0 and floors voxel coordinates; 'port' numbers them from 1
+(`depthmap2points` of the port's datasets/msra_hand.py) and truncates (`astype(int32)` in its `scattering`).
+Heatmaps are (J, M, M, M) as in the port. Also a small sphere renderer for synthetic test scenes.
+
+The camera maths here is the oracle's own, written apart from `v2v_jax.data.cameras`.
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ import numpy as np
 
 from v2v_jax.data.cameras import DatasetSpec
 
+FIRST_PIXEL = {"ours": 0, "port": 1}                # the number of the depth map's first column and row
+VOXEL_INDEX = {"ours": np.floor, "port": np.trunc}  # continuous voxel coordinate -> voxel index
 
-def depth_to_points(depth: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+
+def depth_to_points(depth: np.ndarray, spec: DatasetSpec, geometry: str = "ours") -> np.ndarray:
     z = depth.astype(np.float64)
     if spec.background_mm is not None:
         z[z == 0] = spec.background_mm
-    v, u = np.meshgrid(np.arange(spec.height), np.arange(spec.width), indexing="ij")
+    first = FIRST_PIXEL[geometry]
+    v, u = np.meshgrid(np.arange(first, spec.height + first), np.arange(first, spec.width + first), indexing="ij")
     x = (u - spec.cx) * z / spec.fx
     y = (spec.cy - v) * z / spec.fy if spec.y_up else (v - spec.cy) * z / spec.fy
     return np.stack([x, y, z], axis=-1).reshape(-1, 3)
@@ -33,9 +41,9 @@ def generate_coord(points, refpoint, cube_size, cropped_size, scale=1.0, angle=0
     return coord + cropped_size / 2 + np.asarray(trans, np.float64)
 
 
-def scattering(coord, cropped_size):
-    """Voxel floor(c) is occupied when 0 <= floor(c) < N on every axis; other points are dropped."""
-    index = np.floor(coord).astype(np.int64)
+def scattering(coord, cropped_size, geometry="ours"):
+    """Voxel floor(c) ('port': trunc(c)) is occupied when it lies in [0, N) on every axis; other points are dropped."""
+    index = VOXEL_INDEX[geometry](coord).astype(np.int64)
     mask = np.all((index >= 0) & (index < cropped_size), axis=1)
     index = index[mask]
     cubic = np.zeros((cropped_size,) * 3)
@@ -43,8 +51,8 @@ def scattering(coord, cropped_size):
     return cubic
 
 
-def generate_cubic_input(points, refpoint, cube_size, cropped_size, **aug):
-    return scattering(generate_coord(points, refpoint, cube_size, cropped_size, **aug), cropped_size)
+def generate_cubic_input(points, refpoint, cube_size, cropped_size, geometry="ours", **aug):
+    return scattering(generate_coord(points, refpoint, cube_size, cropped_size, **aug), cropped_size, geometry)
 
 
 def generate_heatmap_gt(keypoints, refpoint, cube_size, cropped_size, pool_factor=2, std=1.7, **aug):
@@ -120,14 +128,14 @@ def warp2continuous(coord, refpoint, cube_size, cropped_size):
 class V2VVoxelization:
     """Per-sample voxels and targets (the port's data transform) and decoding (the port's `evaluate`)."""
 
-    def __init__(self, cubic_size, cropped_size=88, pool_factor=2, std=1.7):
+    def __init__(self, cubic_size, cropped_size=88, pool_factor=2, std=1.7, geometry="ours"):
         self.cubic_size, self.cropped_size = cubic_size, cropped_size
-        self.pool_factor, self.std = pool_factor, std
+        self.pool_factor, self.std, self.geometry = pool_factor, std, geometry
 
     def __call__(self, sample, scale=1.0, angle=0.0, trans=(0.0, 0.0, 0.0)):
         aug = dict(scale=scale, angle=angle, trans=trans)
         points, keypoints, refpoint = sample["points"], sample["keypoints"], sample["refpoint"]
-        voxels = generate_cubic_input(points, refpoint, self.cubic_size, self.cropped_size, **aug)
+        voxels = generate_cubic_input(points, refpoint, self.cubic_size, self.cropped_size, self.geometry, **aug)
         heatmap = generate_heatmap_gt(keypoints, refpoint, self.cubic_size, self.cropped_size, self.pool_factor,
                                       self.std, **aug)
         return voxels[None], heatmap

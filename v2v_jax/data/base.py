@@ -220,8 +220,7 @@ def points_in_cube(depth: np.ndarray, center: np.ndarray, spec: cameras.DatasetS
         z = depth.reshape(-1)[part].astype(np.float64)
         if spec.background_mm is not None:
             z[z == 0] = spec.background_mm
-        x = (cols - spec.cx) * z / spec.fx
-        y = (spec.cy - rows if spec.y_up else rows - spec.cy) * z / spec.fy
+        x, y, _ = cameras.pixel_to_world_xyz(cols, rows, z, spec)
         found += int(((z >= low[2]) & (z < high[2]) & (x >= low[0]) & (x < high[0]) & (y >= low[1])
                       & (y < high[1])).sum())
         if enough is not None and found >= enough:

@@ -1,11 +1,17 @@
-"""Per-data-set constants (SPEC §5): camera intrinsics, y-axis direction, cube size, background depth, joints.
+"""Per-data-set constants (camera intrinsics, y-axis direction, cube size, background depth, joints) and the one
+home of the pinhole camera maths, pixel <-> world.
 
 World coordinates are millimetres for every data set, ITOP included (its files are in metres; loaders convert).
+Pixel u is the column and v the row of the depth map, numbered from `pixel_origin` (0 here; 1 in the PyTorch port's
+`depthmap2points`, docs/conventions.md). The functions take NumPy or JAX arrays and return the same kind, so the
+data readers and loader workers use them without importing JAX.
 """
 
 from __future__ import annotations
 
 import dataclasses
+
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +72,40 @@ EVAL_INTRINSICS = {  # fx, fy, cx, cy
 NYU_EVAL_JOINT_IDS = (0, 3, 6, 9, 12, 15, 18, 21, 24, 25, 27, 30, 31, 32)
 MSRA_GESTURES = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "I", "IP", "L", "MP", "RP", "T", "TIP", "Y")
 MSRA_FRAMES_PER_SUBJECT = (8499, 8499, 8406, 8498, 8500, 8497, 8498, 8498, 8496)
+
+
+def intrinsics(camera) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) with fy negative for y-up data sets, the sign convention of `EVAL_INTRINSICS`.
+
+    `camera` is a DatasetSpec or such a 4-tuple already.
+    """
+    if isinstance(camera, DatasetSpec):
+        return camera.fx, -camera.fy if camera.y_up else camera.fy, camera.cx, camera.cy
+    fx, fy, cx, cy = camera
+    return fx, fy, cx, cy
+
+
+def _namespace(array):
+    return array.__array_namespace__() if hasattr(array, "__array_namespace__") else np
+
+
+def pixel_to_world_xyz(u, v, d, camera, pixel_origin: int = 0):
+    """Components: x = (u + o - cx) d / fx, y = (v + o - cy) d / fy, z = d, with o = `pixel_origin`."""
+    fx, fy, cx, cy = intrinsics(camera)
+    return (u + pixel_origin - cx) * d / fx, (v + pixel_origin - cy) * d / fy, d
+
+
+def pixel_to_world(uvd, camera, pixel_origin: int = 0):
+    """(..., 3) pixel u (column), v (row), depth d -> world x, y, z; NumPy in gives NumPy out (float64 stays)."""
+    xyz = pixel_to_world_xyz(uvd[..., 0], uvd[..., 1], uvd[..., 2], camera, pixel_origin)
+    return _namespace(uvd).stack(xyz, axis=-1)
+
+
+def world_to_pixel(xyz, camera, pixel_origin: int = 0):
+    """Inverse of `pixel_to_world`: u = x fx / z + cx - o, v = y fy / z + cy - o."""
+    fx, fy, cx, cy = intrinsics(camera)
+    x, y, z = xyz[..., 0], xyz[..., 1], xyz[..., 2]
+    return _namespace(xyz).stack([x * fx / z + cx - pixel_origin, y * fy / z + cy - pixel_origin, z], axis=-1)
 
 
 def get(name: str) -> DatasetSpec:

@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from v2v_jax.geometry import pixel_to_world, world_to_pixel
+from v2v_jax.data.cameras import pixel_to_world, world_to_pixel
 
 CHAINS = ("index", "middle", "ring", "little", "thumb")
 THUMB = 4

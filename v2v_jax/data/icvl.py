@@ -28,11 +28,7 @@ def read_labels(path: Path, spec: cameras.DatasetSpec) -> tuple[list[str], np.nd
     uvd = to_floats(path, [row[1:] for row in rows]).reshape(len(rows), spec.num_joints, 3)
     if not np.isfinite(uvd).all():
         raise DataError(f"{path}: joint labels contain NaN or infinite values")
-    u, v, d = uvd[..., 0], uvd[..., 1], uvd[..., 2]
-    # x = (u - cx) d / fx, y = (v - cy) d / fy (ICVL's y points down); NumPy here rather than v2v_jax.geometry keeps
-    # JAX out of loader workers
-    xyz = np.stack([(u - spec.cx) * d / spec.fx, (v - spec.cy) * d / spec.fy, d], axis=-1)
-    return [row[0] for row in rows], xyz.astype(np.float32)
+    return [row[0] for row in rows], cameras.pixel_to_world(uvd, spec).astype(np.float32)
 
 
 def read_depth_raw(path, shape: tuple[int, int]) -> np.ndarray:

@@ -13,21 +13,21 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from v2v_jax import geometry, vis
+from v2v_jax import vis
 from v2v_jax.data import DATASET_NAMES, open_dataset
 from v2v_jax.data.base import DepthDataset
-from v2v_jax.data.cameras import DatasetSpec
+from v2v_jax.data.cameras import DatasetSpec, pixel_to_world, world_to_pixel
 
 
 def project(xyz: np.ndarray, spec: DatasetSpec) -> np.ndarray:
     """(..., 3) world mm -> (..., 2) pixel u, v."""
-    return geometry.world_to_pixel(np.asarray(xyz, np.float64), spec)[..., :2]
+    return world_to_pixel(np.asarray(xyz, np.float64), spec)[..., :2]
 
 
 def world_points(depth: np.ndarray, spec: DatasetSpec) -> np.ndarray:
     """(K, 3) world points of the non-zero pixels of `depth`."""
     v, u = np.nonzero(depth)
-    return geometry.pixel_to_world(np.stack([u, v, depth[v, u]], axis=-1).astype(np.float64), spec)
+    return pixel_to_world(np.stack([u, v, depth[v, u]], axis=-1).astype(np.float64), spec)
 
 
 def depth_stats(dataset: DepthDataset, indices) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""Depth rendering of sphere sets with a pinhole camera, and a depth-sensor model (SPEC §7 "Rendering", "Noise").
+"""Depth rendering of sphere sets with a pinhole camera, and a depth-sensor model.
 
 Camera coordinates are the data set's world frame: X right, Z depth (positive), Y up or down per `spec.y_up`.
 Each sphere is splatted over the pixels of a disc that bounds its perspective silhouette, the ray through each such
@@ -13,9 +13,9 @@ import functools
 import numpy as np
 
 from v2v_jax.data import cameras
-from v2v_jax.geometry import world_to_pixel
+from v2v_jax.data.cameras import pixel_to_world_xyz, world_to_pixel
 
-GRAZING_LIMIT_DEG = 75.0   # drop a pixel whose surface normal is further than this from the ray (SPEC §7)
+GRAZING_LIMIT_DEG = 75.0   # drop a pixel whose surface normal is further than this from the ray
 EDGE_STEP_MM = 10.0        # a neighbour this much deeper (or background) makes a pixel a depth edge
 HOLE_DIAMETER_PX = (2.0, 5.0)
 MAX_HOLES = 3
@@ -61,7 +61,6 @@ def render_spheres(centres: np.ndarray, radii: np.ndarray, spec: cameras.Dataset
         raise ValueError("every sphere must lie entirely in front of the camera (z > radius)")
     batch, height, width = centres.shape[0], spec.height, spec.width
     focal = max(spec.fx, spec.fy)
-    sign_y = -1.0 if spec.y_up else 1.0
     q = centres.reshape(-1, 3)
     rho = radii.reshape(-1)
     u_c, v_c = np.rint(world_to_pixel(q, spec)[:, :2]).astype(np.int64).T
@@ -74,8 +73,7 @@ def render_spheres(centres: np.ndarray, radii: np.ndarray, spec: cameras.Dataset
     v = np.repeat(v_c, counts) + table_dy[entry]
     inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
     # Ray d = (a, b, 1) through pixel (u, v); |d x q|^2 avoids the cancellation of (d.q)^2 - |d|^2 |q|^2.
-    a = ((u - spec.cx) / spec.fx).astype(np.float32)
-    b = (sign_y * (v - spec.cy) / spec.fy).astype(np.float32)
+    a, b = (c.astype(np.float32) for c in pixel_to_world_xyz(u, v, 1.0, spec)[:2])
     qx, qy, qz = (np.repeat(q[:, i].astype(np.float32), counts) for i in range(3))
     r = np.repeat(rho.astype(np.float32), counts)
     dd = a * a + b * b + 1.0
@@ -156,8 +154,7 @@ def sensor_model(depth: np.ndarray, cosine: np.ndarray, rng: np.random.Generator
         return out
     window = _bounding_slices(depth > 0, margin=1)
     z = depth[window]
-    rays = ((np.arange(spec.width)[window[1]] - spec.cx) / spec.fx,
-            (-1.0 if spec.y_up else 1.0) * (np.arange(spec.height)[window[0]] - spec.cy) / spec.fy)
+    rays = pixel_to_world_xyz(np.arange(spec.width)[window[1]], np.arange(spec.height)[window[0]], 1.0, spec)[:2]
     cos = surface_cosine(z, cosine[window], rays)
     keep = (z > 0) & (cos >= np.cos(np.deg2rad(GRAZING_LIMIT_DEG)))
     edges = _depth_edges(z)

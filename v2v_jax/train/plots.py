@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from v2v_jax import geometry, metrics, vis
-from v2v_jax.geometry import world_to_pixel
+from v2v_jax.data.cameras import world_to_pixel
 from v2v_jax.train.run_dir import initial_record, read_log
 
 
