@@ -260,7 +260,7 @@ def with_torch_weights(jax_model: nnx.Module, torch_model: torch.nn.Module) -> n
 # ------------------------------------------------------------------------------------------------- comparing
 
 
-def _owner(key: str, blocks: Sequence[str]) -> str:
+def owner_block(key: str, blocks: Sequence[str]) -> str:
     """The innermost block whose path prefixes the key, else OUTPUT (e.g. V2V's output_layer)."""
     owners = [b for b in blocks if key.startswith(b + ".")]
     return max(owners, key=len) if owners else OUTPUT
@@ -313,7 +313,7 @@ def compare_runs(t: Run, j: Run, *, train: bool, tol: float) -> list[Row]:
     stat_err = stat_errors(j.state, t.state) if train else {}
 
     def owned(errors, path):
-        return _max(e for k, e in errors.items() if _owner(k, blocks) == path) if errors else None
+        return _max(e for k, e in errors.items() if owner_block(k, blocks) == path) if errors else None
 
     input_err = None if t.input_grad is None else rel_error(j.input_grad, t.input_grad)
     rows = [Row(INPUT, None, None, input_err, None, tol)]

@@ -1,0 +1,507 @@
+"""Both frameworks in float64 and in a low precision, on the same weights, input and target; every tensor judged
+against the float64 truth (the rule: parity_tests/verdict.py).
+
+    report = run_anchored(Config(width=32, grid=32))
+    report.overall             # "both within rounding", "JAX deviates", "PyTorch deviates", ...
+    report.first_divergence    # block, op, framework, words (None when nothing deviates)
+    report.rows                # one TensorRow per compared tensor
+
+The design. Four runs: JAX and PyTorch, each in float64 and in `config.dtype`. (a) The two float64 runs must agree
+to float64 rounding on every tensor; a disagreement is a bug in one of them (present in its low-precision run too),
+found at the first block whose float64 output disagrees while its inputs agree, and attributed to a framework by
+the op-level localiser (`parity_tests/ops.py`, which judges each op against NumPy float64). (b) Each framework's
+low-precision run is measured against its own float64 run, so it sees its own rounding only, and the two rounding
+errors are compared by the calibrated rule: a bug that shows in low precision only (a one-pass variance, a
+bfloat16 accumulation) makes its framework's error exceed the other's.
+
+Planted bugs: `run_anchored(config, jax_patch=f, torch_patch=g)` enters `f()` around everything JAX does (building
+the model, loading the weights, running, reading the results back) and `g()` around everything PyTorch does. The
+weights (the authors' init, drawn in float32 by PyTorch), the input and the target are drawn outside both, so a
+patch cannot reach the other framework. Runs without a patch are cached by config, so a suite of planted bugs
+repeats only the patched framework's two runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+from typing import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+import torch.nn.functional as F
+from flax import nnx
+
+from parity_tests import verdict as V
+from parity_tests.compare import INPUT, OUTPUT, owner_block, to_jax_layout, to_torch_layout
+from v2v_jax import convert
+from v2v_jax import model as jmodel
+from v2v_jax.dtypes import PRECISIONS
+from v2v_jax.layers import BatchNorm3d, Numerics
+from v2v_jax.train.step import make_optimizer as jax_optimizer
+from v2v_torch_ref import model as tmodel
+from v2v_torch_ref.train import make_optimizer as torch_optimizer
+
+LR = 2.5e-4  # the authors' RMSprop learning rate
+MOMENTUM = BatchNorm3d.momentum  # torch's BatchNorm default, 0.1; read before any patch
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    width: int = 32
+    grid: int = 32
+    batch: int = 2
+    joints: int = 21
+    dtype: str = "float32"  # the low precision: float32, bfloat16 (float64 compares the float64 runs only)
+    device: str = "cpu"  # cpu or gpu
+    tf32: bool = False  # TF32 convolutions and matmuls on a GPU, both frameworks
+    cudnn: bool = True  # torch.backends.cudnn.enabled
+    channels_last: bool = False  # torch model and input in channels_last_3d
+    seed: int = 0
+    steps: int = 3  # RMSprop steps; the first one's activations and gradients are compared
+    density: float = 0.05  # occupied fraction of the binary input voxels
+    conv: str = Numerics.conv
+    upsample: str = Numerics.upsample
+
+    def __post_init__(self):
+        problems = [f"{name} {value!r}: {why}" for name, value, ok, why in (
+            ("grid", self.grid, self.grid > 0 and self.grid % 4 == 0, "must be a positive multiple of 4"),
+            ("width", self.width, self.width > 0 and self.width % 2 == 0, "must be a positive even number"),
+            ("batch", self.batch, self.batch > 0, "must be positive"),
+            ("joints", self.joints, self.joints > 0, "must be positive"),
+            ("steps", self.steps, self.steps > 0, "must be positive"),
+            ("dtype", self.dtype, self.dtype in PRECISIONS, f"choose one of {sorted(PRECISIONS)}"),
+            ("device", self.device, self.device in ("cpu", "gpu"), "choose cpu or gpu"),
+            ("density", self.density, 0 <= self.density <= 1, "must lie in [0, 1]"))
+            if not ok]
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def rounding(self) -> str:
+        """The unit roundoff's name: TF32 where a GPU's float32 convolutions run in it."""
+        return "tf32" if self.tf32 and self.device == "gpu" and self.dtype == "float32" else self.dtype
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class Inputs:
+    """Torch keys and layout, float64 arrays holding float32 values (so every precision starts from the same)."""
+
+    weights: Mapping[str, np.ndarray]
+    x: np.ndarray
+    target: np.ndarray
+
+
+def _float32(a) -> np.ndarray:
+    return np.asarray(a, np.float32).astype(np.float64)
+
+
+def reference_weights(config: Config) -> dict[str, np.ndarray]:
+    """The authors' init drawn by PyTorch in float32 from `config.seed`, BN running statistics zero.
+
+    Zero running statistics make the first step's running mean and variance exactly MOMENTUM times the batch
+    mean and unbiased variance (train mode never reads them), so the batch statistics are compared at full precision.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        model = tmodel.V2VModel(1, config.joints, config.width)
+    weights = {k: v.numpy() for k, v in model.state_dict().items()}
+    return {k: np.zeros_like(v, np.float64) if k.endswith(("running_mean", "running_var")) else
+            (v if v.dtype.kind == "i" else _float32(v)) for k, v in weights.items()}
+
+
+def make_inputs(config: Config, weights: Mapping[str, np.ndarray] | None = None) -> Inputs:
+    rng = np.random.default_rng(config.seed)
+    n, m = config.grid, config.grid // 2
+    x = (rng.random((config.batch, 1, n, n, n)) < config.density).astype(np.float64)
+    target = _float32(rng.random((config.batch, config.joints, m, m, m)))  # in [0, 1) like heatmaps
+    return Inputs(reference_weights(config) if weights is None else dict(weights), x, target)
+
+
+# ------------------------------------------------------------------------------------------------------ runs
+
+
+@dataclasses.dataclass
+class Trace:
+    """What one framework computed at one precision: torch layout and keys, float64 numpy arrays."""
+
+    acts: dict[str, np.ndarray]  # block path -> its output in the first step; OUTPUT -> the model's output
+    loss: float
+    input_grad: np.ndarray
+    grads: dict[str, np.ndarray]  # parameter key -> its gradient in the first step
+    batch_stats: dict[str, np.ndarray]  # BN running_mean / running_var key -> first step's batch mean / unb. var
+    trained: dict[str, np.ndarray]  # state_dict after config.steps steps
+    losses: list[float]
+
+
+def _numpy(t) -> np.ndarray:
+    if isinstance(t, torch.Tensor):
+        return t.detach().cpu().to(torch.float64).numpy()
+    return np.asarray(t, np.float64)
+
+
+def _is_stat(key: str) -> bool:
+    return key.endswith(("running_mean", "running_var", "num_batches_tracked"))
+
+
+def _batch_stats(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: _numpy(v) / MOMENTUM for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+@contextlib.contextmanager
+def torch_backends(config: Config):
+    """TF32 and cuDNN switches as the config says, restored afterwards."""
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = cudnn.enabled, cudnn.allow_tf32, matmul.allow_tf32
+    cudnn.enabled, cudnn.allow_tf32, matmul.allow_tf32 = config.cudnn, config.tf32, config.tf32
+    try:
+        yield
+    finally:
+        cudnn.enabled, cudnn.allow_tf32, matmul.allow_tf32 = saved
+
+
+def torch_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The authors' loss: MSE, mean over every element (v2v_torch_ref/train.py)."""
+    return F.mse_loss(y, target.to(y.dtype))
+
+
+def torch_trace(config: Config, inputs: Inputs, dtype: str) -> Trace:
+    """`config.steps` RMSprop steps of the PyTorch V2V in `dtype` (bfloat16: autocast on float32 parameters)."""
+    device = torch.device("cuda" if config.device == "gpu" else "cpu")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device gpu: torch sees no CUDA device")
+    param_dtype = torch.float64 if dtype == "float64" else torch.float32
+    memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
+    autocast = (functools.partial(torch.autocast, device.type, torch.bfloat16) if dtype == "bfloat16"
+                else contextlib.nullcontext)
+    with torch_backends(config):
+        model = tmodel.V2VModel(1, config.joints, config.width)
+        model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in inputs.weights.items()})
+        model = model.to(device=device, dtype=param_dtype, memory_format=memory_format).train()
+        optimizer = torch_optimizer(model.parameters(), "rmsprop", LR)
+        target = torch.as_tensor(inputs.target, dtype=param_dtype, device=device)
+        losses, first = [], None
+        for step in range(config.steps):
+            x = torch.as_tensor(inputs.x, dtype=param_dtype, device=device).contiguous(memory_format=memory_format)
+            x.requires_grad_(step == 0)
+            optimizer.zero_grad(set_to_none=True)
+            with autocast():
+                y, taps = tmodel.forward_with_intermediates(model, x)
+                loss = torch_loss(y, target)
+            loss.backward()
+            if step == 0:
+                first = dict(acts={**{k: _numpy(v) for k, v in taps.items()}, OUTPUT: _numpy(y)}, loss=loss.item(),
+                             input_grad=_numpy(x.grad),
+                             grads={k: _numpy(p.grad) for k, p in model.named_parameters()},
+                             batch_stats=_batch_stats(model.state_dict()))
+            optimizer.step()
+            losses.append(loss.item())
+        trained = {k: _numpy(v) for k, v in model.state_dict().items()}
+    return Trace(**first, trained=trained, losses=losses)
+
+
+def jax_loss(y: jax.Array, target: jax.Array) -> jax.Array:
+    """MSE, mean over every element, in at least float32 (as v2v_jax.geometry.heatmap_mse)."""
+    y = y.astype(jnp.promote_types(y.dtype, jnp.float32))
+    return jnp.mean(jnp.square(y - target.astype(y.dtype)))
+
+
+def _jax_step(model, optimizer, x, target):
+    def loss_fn(model, x):
+        with jmodel.record_intermediates() as taps:
+            y = model(x)
+        return jax_loss(y, target), (y, dict(taps))
+
+    (loss, (y, taps)), (g_model, g_x) = nnx.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(model, x)
+    optimizer.update(model, g_model)
+    return loss, y, taps, g_model, g_x
+
+
+def _jax_device(kind: str):
+    try:
+        return jax.devices(kind)[0]
+    except RuntimeError as e:
+        raise ValueError(f"device {kind}: JAX sees none ({e})") from e
+
+
+def jax_trace(config: Config, inputs: Inputs, dtype: str) -> Trace:
+    """`config.steps` RMSprop steps of the Flax V2V in `dtype` (bfloat16 computes on float32 parameters)."""
+    x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+    precision = "default" if config.tf32 else "highest"
+    with x64, jax.default_device(_jax_device(config.device)), jax.default_matmul_precision(precision):
+        compute, param = PRECISIONS[dtype]
+        numerics = Numerics(dtype=compute, param_dtype=param, conv=config.conv, upsample=config.upsample)
+        model = jmodel.V2VModel(1, config.joints, config.width, numerics=numerics, rngs=nnx.Rngs(config.seed))
+        convert.load_torch_state_dict(model, {k: torch.from_numpy(np.array(v)) for k, v in inputs.weights.items()},
+                                      source="reference weights")
+        model.train()
+        optimizer = nnx.Optimizer(model, jax_optimizer("rmsprop", LR), wrt=nnx.Param)
+        step = nnx.jit(_jax_step)  # a new jit per run: a patch applied now must be traced, not a cached trace
+        x, target = (jnp.asarray(to_jax_layout(a), param) for a in (inputs.x, inputs.target))
+        losses, first = [], None
+        for i in range(config.steps):
+            loss, y, taps, g_model, g_x = step(model, optimizer, x, target)
+            losses.append(float(loss))
+            if i == 0:
+                grad_model = nnx.clone(model)
+                nnx.update(grad_model, g_model)
+                grads = {k: _numpy(v) for k, v in convert.torch_state_dict(grad_model).items() if not _is_stat(k)}
+                first = dict(acts={**{k: to_torch_layout(_numpy(v)) for k, v in taps.items()},
+                                   OUTPUT: to_torch_layout(_numpy(y))},
+                             loss=float(loss), input_grad=to_torch_layout(_numpy(g_x)), grads=grads,
+                             batch_stats=_batch_stats(convert.torch_state_dict(model)))
+        trained = {k: _numpy(v) for k, v in convert.torch_state_dict(model).items()}
+    return Trace(**first, trained=trained, losses=losses)
+
+
+TRACERS = {V.JAX: jax_trace, V.TORCH: torch_trace}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_trace(framework: str, config: Config, dtype: str) -> Trace:
+    return TRACERS[framework](config, make_inputs(config), dtype)
+
+
+def traces(framework: str, config: Config, patch: Callable, inputs: Inputs | None) -> dict[str, Trace]:
+    """{'float64': ..., 'low': ...} of one framework; cached when unpatched and on the reference weights."""
+    dtypes = {"float64": "float64", "low": config.dtype}
+    if patch is contextlib.nullcontext and inputs is None:
+        return {name: _cached_trace(framework, config, d) for name, d in dtypes.items()}
+    inputs = inputs or make_inputs(config)
+    with patch():
+        runs = {"float64": TRACERS[framework](config, inputs, "float64")}
+        runs["low"] = runs["float64"] if config.dtype == "float64" else TRACERS[framework](config, inputs, config.dtype)
+    return runs
+
+
+# ------------------------------------------------------------------------------------------------- tensors
+
+
+def _layers(keys) -> dict[str, list[str]]:
+    layers: dict[str, list[str]] = {}
+    for k in keys:
+        layers.setdefault(k.rsplit(".", 1)[0], []).append(k)
+    return layers
+
+
+def _dead_bias(key: str, trace: Trace) -> bool:
+    """The bias of a conv that feeds a train-mode BatchNorm: BN removes it, so its exact gradient is 0."""
+    layer, name = key.rsplit(".", 1)
+    prefix, index = layer.rsplit(".", 1)
+    return name == "bias" and index.isdigit() and f"{prefix}.{int(index) + 1}.running_var" in trace.trained
+
+
+def tensors(trace: Trace, steps: int) -> dict[tuple[str, str, str], np.ndarray]:
+    """(block, quantity, layer) -> the tensor, in execution order of the blocks.
+
+    Gradients per layer, weight and bias as one vector: the exact gradient of a conv bias before a train-mode BN
+    is 0 (BN removes the batch mean), and noise on its own compares rounding with rounding. After the steps that
+    bias is left out: RMSprop's first step is lr * g / (sqrt(0.01 g^2) + eps), about 10 lr sign(g) for any
+    |g| >> 1e-7, so a float32 run moves it by ~2.5e-3 per step in the direction of its rounding noise. The running
+    means after the steps carry that bias too and are not compared (the first step's batch means are).
+    """
+    blocks = [p for p in trace.acts if p not in ("", OUTPUT)]
+    out = {(INPUT, "input gradient", ""): trace.input_grad}
+    for path in [*blocks, OUTPUT]:
+        out[(path, "activation", "")] = trace.acts[path]
+    out[(OUTPUT, "loss", "")] = np.array([trace.loss])
+    grouped = {
+        "parameter gradient": (trace.grads, list(trace.grads)),
+        "BN batch mean": (trace.batch_stats, [k for k in trace.batch_stats if k.endswith("mean")]),
+        "BN batch variance": (trace.batch_stats, [k for k in trace.batch_stats if k.endswith("var")]),
+        f"parameters after {steps} steps": (trace.trained, [k for k in trace.grads if not _dead_bias(k, trace)]),
+        f"BN running variance after {steps} steps": (trace.trained, [k for k in trace.trained
+                                                                     if k.endswith("running_var")]),
+    }
+    for quantity, (source, keys) in grouped.items():
+        for layer, ks in _layers(keys).items():
+            out[(owner_block(layer, blocks), quantity, layer)] = np.concatenate([source[k].ravel() for k in ks])
+    out[(OUTPUT, f"losses over {steps} steps", "")] = np.array(trace.losses)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------- verdicts
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorRow:
+    block: str
+    quantity: str
+    layer: str  # the layer inside the block ('' for a block-level tensor)
+    jax: V.Errors  # JAX low precision vs JAX float64
+    torch: V.Errors  # PyTorch low precision vs PyTorch float64
+    float64: V.Errors  # JAX float64 vs PyTorch float64
+    float64_ok: bool
+    verdict: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Divergence:
+    block: str
+    op: str | None  # named by the op-level localiser; None where it did not run
+    framework: str | None  # None: the float64 runs disagree and no localiser attributed it
+    quantity: str
+    words: str
+
+
+@dataclasses.dataclass
+class AnchoredReport:
+    config: Config
+    rows: list[TensorRow]
+    overall: str
+    first_divergence: Divergence | None
+    amplification: dict[str, dict[str, float]]  # block -> {framework: output error / input error}
+
+    @property
+    def deviates(self) -> bool:
+        return self.overall != V.WITHIN
+
+
+DISAGREE = "float64 runs disagree"
+
+
+def judge(jax_runs: dict[str, Trace], torch_runs: dict[str, Trace], config: Config) -> list[TensorRow]:
+    j64, jlow = tensors(jax_runs["float64"], config.steps), tensors(jax_runs["low"], config.steps)
+    t64, tlow = tensors(torch_runs["float64"], config.steps), tensors(torch_runs["low"], config.steps)
+    if set(j64) != set(t64):
+        missing = sorted(set(j64) ^ set(t64))[:5]
+        raise ValueError(f"the frameworks record different tensors, e.g. {missing}")
+    rows = []
+    for key in t64:
+        ej, et, e64 = V.errors(jlow[key], j64[key]), V.errors(tlow[key], t64[key]), V.errors(j64[key], t64[key])
+        ok64 = all(e64[m] <= V.float64_bound(ej, et, config.dtype, m) for m in V.METRICS)
+        verdict = V.rounding_verdict(ej, et, config.rounding) if ok64 else DISAGREE
+        rows.append(TensorRow(*key, jax=ej, torch=et, float64=e64, float64_ok=ok64, verdict=verdict))
+    return rows
+
+
+# The inputs of each V2V block (torch's forward-hook names): the previous block, or a sum of two block outputs
+# where EncoderDecoder adds its skips (v2v_torch_ref/model.py).
+_ED = "encoder_decoder."
+SOURCES = {
+    "front_layers.0": (INPUT,), "front_layers.1": ("front_layers.0",), "front_layers.2": ("front_layers.1",),
+    "front_layers.3": ("front_layers.2",), "front_layers.4": ("front_layers.3",),
+    _ED + "skip_res1": ("front_layers.4",), _ED + "encoder_pool1": ("front_layers.4",),
+    _ED + "encoder_res1": (_ED + "encoder_pool1",), _ED + "skip_res2": (_ED + "encoder_res1",),
+    _ED + "encoder_pool2": (_ED + "encoder_res1",), _ED + "encoder_res2": (_ED + "encoder_pool2",),
+    _ED + "mid_res": (_ED + "encoder_res2",), _ED + "decoder_res2": (_ED + "mid_res",),
+    _ED + "decoder_upsample2": (_ED + "decoder_res2",),
+    _ED + "decoder_res1": (_ED + "decoder_upsample2", _ED + "skip_res2"),
+    _ED + "decoder_upsample1": (_ED + "decoder_res1",),
+    "encoder_decoder": (_ED + "decoder_upsample1", _ED + "skip_res1"),
+    "back_layers.0": ("encoder_decoder",), "back_layers.1": ("back_layers.0",), "back_layers.2": ("back_layers.1",),
+    OUTPUT: ("back_layers.2",),
+}
+
+
+def block_input(acts: Mapping[str, np.ndarray], x: np.ndarray, block: str) -> np.ndarray:
+    """The tensor a block received, rebuilt from the recorded outputs (a sum where a skip joins)."""
+    return sum(x if s == INPUT else acts[s] for s in SOURCES[block])
+
+
+def amplification(jax_runs, torch_runs, x: np.ndarray, dtype: str) -> dict[str, dict[str, float]]:
+    """Per block and framework: the low-precision error of its output over that of its input (relative
+    Frobenius, each against the framework's own float64 run; the input error floored at u)."""
+    u = V.unit_roundoff(dtype)
+    out = {}
+    for block in SOURCES:
+        out[block] = {}
+        for name, runs in ((V.JAX, jax_runs), (V.TORCH, torch_runs)):
+            low, ref = runs["low"].acts, runs["float64"].acts
+            e_in = V.errors(block_input(low, x, block), block_input(ref, x, block)).rel_fro
+            out[block][name] = V.errors(low[block], ref[block]).rel_fro / max(e_in, u)
+    return out
+
+
+def _localise(block: str, framework: str | None, inputs: Inputs, dtype: str) -> tuple[str | None, str | None]:
+    """(op, framework) from the op-level localiser, when it is there (parity_tests/ops.py)."""
+    try:
+        from parity_tests import ops  # noqa: PLC0415 - optional until it lands
+    except ImportError:
+        return None, framework
+    del ops, block, inputs, dtype  # the call lands with ops.py
+    return None, framework
+
+
+def first_divergence(rows: list[TensorRow], amp: dict[str, dict[str, float]], config: Config,
+                     inputs: Inputs) -> Divergence | None:
+    """Where the frameworks first part, in words.
+
+    A float64 disagreement is a bug whatever the low precision does: the first block whose float64 output
+    disagrees while its inputs agree (forward), else the disagreeing gradient nearest the output (the first the
+    backward pass meets), else the first disagreeing statistic or trained parameter. A low-precision deviation:
+    the first block, in execution order, where one framework's amplification of its input error exceeds the
+    other's by the rule's multiplier (so a block downstream of the culprit, which only carries its error along,
+    is not blamed); else, for deviations that do not show in the forward pass, the deviating tensor nearest the
+    output among the gradients, then the first among the rest.
+    """
+    bad64 = [r for r in rows if not r.float64_ok]
+    if bad64:
+        forward = {r.block for r in bad64 if r.quantity == "activation"}
+        for block in SOURCES:
+            if block in forward and not forward & set(SOURCES[block]):
+                return _divergence(block, None, "activation", config, inputs, float64=True)
+        row = _backward_first(bad64) or bad64[0]
+        return _divergence(row.block, None, row.quantity, config, inputs, float64=True)
+    m = V.RULE.multiplier
+    for block, a in amp.items():
+        for fw, other in ((V.JAX, V.TORCH), (V.TORCH, V.JAX)):
+            if a[fw] > m * a[other] and any(r.block == block and r.verdict == V.deviates(fw) for r in rows):
+                return _divergence(block, fw, "activation", config, inputs, float64=False)
+    bad = [r for r in rows if r.verdict != V.WITHIN]
+    if not bad:
+        return None
+    row = _backward_first(bad) or bad[0]
+    return _divergence(row.block, row.verdict.removesuffix(" deviates"), row.quantity, config, inputs, float64=False)
+
+
+def _backward_first(rows: list[TensorRow]) -> TensorRow | None:
+    grads = [r for r in rows if r.quantity in ("parameter gradient", "input gradient")]
+    return grads[-1] if grads else None  # rows are in execution order; the backward pass meets the last first
+
+
+def _divergence(block, framework, quantity, config, inputs, *, float64: bool) -> Divergence:
+    op, framework = _localise(block, framework, inputs, "float64" if float64 else config.dtype)
+    who = framework or "JAX or PyTorch (not attributed)"
+    where = f"{block}" + (f", op {op}" if op else "")
+    if float64:
+        words = (f"{who} computes a different function: the float64 runs first disagree at {where} ({quantity}), "
+                 f"beyond float64 rounding")
+    else:
+        words = (f"{who} rounds worse than the other framework beyond the calibrated band, first at {where} "
+                 f"({quantity}, {config.dtype})")
+    return Divergence(block, op, framework, quantity, words)
+
+
+def overall(rows: list[TensorRow], divergence: Divergence | None) -> str:
+    frameworks = {r.verdict.removesuffix(" deviates") for r in rows if r.verdict not in (V.WITHIN, DISAGREE)}
+    if any(r.verdict == DISAGREE for r in rows):
+        frameworks.add(divergence.framework if divergence and divergence.framework else None)
+    if not frameworks:
+        return V.WITHIN
+    if None in frameworks:
+        return DISAGREE
+    return V.deviates(frameworks.pop()) if len(frameworks) == 1 else "JAX and PyTorch deviate"
+
+
+def run_anchored(config: Config, *, jax_patch: Callable = contextlib.nullcontext,
+                 torch_patch: Callable = contextlib.nullcontext,
+                 weights: Mapping[str, np.ndarray] | None = None) -> AnchoredReport:
+    """The anchored comparison of one configuration (see the module docstring).
+
+    `jax_patch` / `torch_patch`: zero-argument context-manager factories entered around each framework's runs.
+    `weights`: a torch-keyed state_dict to use instead of the reference init (e.g. a user's checkpoint).
+    """
+    inputs = make_inputs(config, weights)
+    jax_runs = traces(V.JAX, config, jax_patch, None if weights is None else inputs)
+    torch_runs = traces(V.TORCH, config, torch_patch, None if weights is None else inputs)
+    rows = judge(jax_runs, torch_runs, config)
+    amp = amplification(jax_runs, torch_runs, inputs.x, config.rounding)
+    divergence = first_divergence(rows, amp, config, inputs)
+    return AnchoredReport(config, rows, overall(rows, divergence), divergence, amp)

@@ -1,0 +1,113 @@
+"""Norm-wise errors against a float64 truth and the three-way verdict "JAX deviates" / "PyTorch deviates" /
+"both within rounding".
+
+A low-precision run of a framework is judged by its error against the same framework's float64 run of the same
+weights and input (its own rounding, nothing else); the other framework's error against its own float64 run is the
+yardstick. A framework deviates when its error exceeds `multiplier` times the other's plus a floor (the form of
+torch._dynamo's `same(ref, res, fp64_ref)`), where the multiplier and the floor are measured (docs/parity.md,
+"Calibration"). A bug that is present in a framework's float64 run as well is caught separately, by the two
+float64 runs disagreeing beyond float64 rounding (`float64_bound`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+JAX, TORCH = "JAX", "PyTorch"
+WITHIN = "both within rounding"
+QUANTILE = 0.999
+METRICS = ("rel_fro", "q999")
+
+
+def deviates(framework: str) -> str:
+    return f"{framework} deviates"
+
+
+def unit_roundoff(dtype: str) -> float:
+    """u = 2^-p for a p-bit significand: float64 1.1e-16, float32 6.0e-8, bfloat16 3.9e-3; tf32 (10 stored bits)
+    rounds each product's inputs to 4.9e-4."""
+    return {"float64": 2.0 ** -53, "float32": 2.0 ** -24, "tf32": 2.0 ** -11, "bfloat16": 2.0 ** -8}[dtype]
+
+
+@dataclasses.dataclass(frozen=True)
+class Errors:
+    """rel_fro: ||a - t|| / ||t|| (= RMSE / RMS(t)); rmse; q999: the 99.9 % quantile of |a - t| / RMS(t).
+
+    Scaled by the truth's RMS, not elementwise: a relative error per element is dominated by entries near zero.
+    Where the truth is exactly 0 everywhere the scale is RMS(a), so any nonzero value has error 1.
+    """
+
+    rel_fro: float
+    rmse: float
+    q999: float
+
+    def __getitem__(self, metric: str) -> float:
+        return getattr(self, metric)
+
+
+ZERO = Errors(0.0, 0.0, 0.0)
+INF = Errors(math.inf, math.inf, math.inf)
+
+
+def errors(a, truth) -> Errors:
+    a, t = np.asarray(a, np.float64).ravel(), np.asarray(truth, np.float64).ravel()
+    if a.shape != t.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {t.shape}")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(t))):
+        return ZERO if np.array_equal(a, t, equal_nan=True) else INF
+    diff = np.abs(a - t)
+    if a.size == 0 or not diff.any():
+        return ZERO
+    scale = math.sqrt(np.mean(np.square(t))) or math.sqrt(np.mean(np.square(a)))
+    rmse = math.sqrt(np.mean(np.square(diff)))
+    return Errors(rmse / scale, rmse, float(np.quantile(diff, QUANTILE)) / scale)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """err_a <= multiplier * err_b + floor * u, per metric, for a low-precision run with unit roundoff u.
+
+    The values are derived in docs/parity.md ("Calibration") from the ratio err_JAX / err_PyTorch over seeds and
+    sizes on unmodified code: the multiplier is the largest ratio seen (either way) times 2, the floor the largest
+    error seen on tensors whose errors are at the rounding of a single operation (the loss, the output), in u.
+    """
+
+    multiplier: float
+    floor: float  # in units of u
+
+
+# Measured at width 8-32, grids 16-32, five seeds, float32 on the CPU (docs/parity.md, "Calibration").
+RULE = Rule(multiplier=8.0, floor=64.0)
+
+# float64 runs of correct code disagree by float64 rounding amplified by the same conditioning that amplifies
+# float32 rounding: |jax64 - torch64| ~ (u64 / u) * err_lowp. Measured ratio (docs/parity.md): below 1 at every
+# tensor, so 16 leaves a margin; floor 2^12 u64 = 4.5e-13 for tensors whose low-precision errors are ~0.
+FLOAT64_MULTIPLIER, FLOAT64_FLOOR = 16.0, 2.0 ** 12
+
+
+def float64_bound(err_jax: Errors, err_torch: Errors, dtype: str, metric: str) -> float:
+    """The largest float64 cross-framework error that correct code produces on this tensor."""
+    u64 = unit_roundoff("float64")
+    scale = u64 / unit_roundoff(dtype) if dtype != "float64" else 0.0
+    return FLOAT64_MULTIPLIER * scale * max(err_jax[metric], err_torch[metric]) + FLOAT64_FLOOR * u64
+
+
+def rounding_verdict(err_jax: Errors, err_torch: Errors, dtype: str, rule: Rule = RULE) -> str:
+    """The three-way verdict of one tensor from each framework's error against its own float64 run."""
+    u = unit_roundoff(dtype)
+    for metric in METRICS:
+        j, t = err_jax[metric], err_torch[metric]
+        if j > rule.multiplier * t + rule.floor * u:
+            return deviates(JAX)
+        if t > rule.multiplier * j + rule.floor * u:
+            return deviates(TORCH)
+    return WITHIN
+
+
+def ratio(err_jax: Errors, err_torch: Errors, metric: str, dtype: str) -> float:
+    """err_JAX / err_PyTorch with both floored at u: the statistic the calibration measures."""
+    u = unit_roundoff(dtype)
+    return max(err_jax[metric], u) / max(err_torch[metric], u)
