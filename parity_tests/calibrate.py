@@ -1,0 +1,97 @@
+"""Measures, on unmodified code, what the verdict's constants must cover (parity_tests/verdict.py).
+
+    python -m parity_tests.calibrate --sizes 8:16 16:24 32:32 --seeds 0 1 2 3 4 --out calibration.json
+
+For every configuration (width:grid) and seed, one anchored run; for every compared tensor the ratio
+err_JAX / err_PyTorch of each metric (both floored at u), the float64 disagreement over its expected size
+(u64 / u) * max(err_JAX, err_PyTorch), and per block the ratio of the frameworks' amplifications. Prints the
+distribution by quantity (median, 99th percentile, extremes either way) and writes every number as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from parity_tests import verdict as V
+from parity_tests.anchored import Config, run_anchored
+
+
+def measure(config: Config) -> dict:
+    report = run_anchored(config)
+    u64, u = V.unit_roundoff("float64"), V.unit_roundoff(config.rounding)
+    rows = []
+    for r in report.rows:
+        expected = (u64 / u) * max(r.jax.rel_fro, r.torch.rel_fro, u)
+        rows.append(dict(block=r.block, quantity=r.quantity, layer=r.layer, jax=r.jax.rel_fro, torch=r.torch.rel_fro,
+                         jax_q=r.jax.q999, torch_q=r.torch.q999, float64=r.float64.rel_fro,
+                         **{f"ratio_{m}": V.ratio(r.jax, r.torch, m, config.rounding) for m in V.METRICS},
+                         float64_ratio=r.float64.rel_fro / expected, verdict=r.verdict))
+    amp = {b: a[V.JAX] / a[V.TORCH] for b, a in report.amplification.items()}
+    return dict(config=vars(config) | {"rounding": config.rounding}, rows=rows, amplification_ratio=amp,
+                overall=report.overall)
+
+
+def group(quantity: str) -> str:
+    return quantity.split(" after ")[0].split(" over ")[0]
+
+
+def summary(runs: list[dict]) -> str:
+    by: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        for r in run["rows"]:
+            g = by.setdefault(group(r["quantity"]), {"rel_fro": [], "q999": [], "float64": []})
+            g["rel_fro"].append(r["ratio_rel_fro"])
+            g["q999"].append(r["ratio_q999"])
+            g["float64"].append(r["float64_ratio"])
+        by.setdefault("amplification", {"rel_fro": [], "q999": [], "float64": []})["rel_fro"].extend(
+            run["amplification_ratio"].values())
+    lines = ["| quantity | tensors | metric | median | 99th pct | max JAX/PyTorch | max PyTorch/JAX |",
+             "|---|---|---|---|---|---|---|"]
+    for name, g in by.items():
+        for metric in ("rel_fro", "q999"):
+            v = np.asarray(g[metric])
+            if v.size:
+                lines.append(f"| {name} | {v.size} | {metric} | {np.median(v):.2f} | {np.quantile(v, 0.99):.2f} | "
+                             f"{v.max():.2f} | {1 / v.min():.2f} |")
+    f64 = np.concatenate([np.asarray(g["float64"]) for g in by.values() if g["float64"]])
+    lines.append(f"\nfloat64 disagreement / ((u64/u) * max low-precision error), {f64.size} tensors: median "
+                 f"{np.median(f64):.2e}, 99th pct {np.quantile(f64, 0.99):.2e}, max {f64.max():.2e}")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["8:16", "16:24", "32:32"], help="width:grid pairs")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--joints", type=int, default=21)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--out", type=Path)
+    args = p.parse_args(argv)
+    try:
+        sizes = [tuple(int(v) for v in s.split(":")) for s in args.sizes]
+        configs = [Config(width=w, grid=g, batch=args.batch, joints=args.joints, dtype=args.dtype, seed=s)
+                   for w, g in sizes for s in args.seeds]
+    except ValueError as e:
+        p.error(f"--sizes {args.sizes}: {e}")
+    runs = []
+    for config in configs:
+        start = time.time()
+        runs.append(measure(config))
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        print(f"width {config.width} grid {config.grid} seed {config.seed}: {runs[-1]['overall']} "
+              f"({time.time() - start:.0f} s wall; process CPU so far {usage.ru_utime + usage.ru_stime:.0f} s)",
+              flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(runs))
+    print(summary(runs))
+
+
+if __name__ == "__main__":
+    main()
