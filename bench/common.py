@@ -38,7 +38,8 @@ from flax import nnx  # noqa: E402
 from v2v_jax import convert, geometry  # noqa: E402
 from v2v_jax.formulations import CONV_IMPLS, resolve_conv  # noqa: E402
 from v2v_jax.model import V2VModel  # noqa: E402
-from v2v_jax.train.step import init_state, make_optimizer, make_update, numerics_for  # noqa: E402
+from v2v_jax.train.optim import AUTHORS_RMSPROP, make_optimizer  # noqa: E402
+from v2v_jax.train.step import init_state, make_update, numerics_for  # noqa: E402
 from v2v_torch_ref import model as torch_model_lib  # noqa: E402
 from v2v_torch_ref.train import make_optimizer as torch_optimizer  # noqa: E402
 
@@ -171,7 +172,7 @@ def autocast(dtype: str, device: torch.device):
 def jax_train_step(jmodel: V2VModel, voxels, coords):
     """The project's update (`v2v_jax.train.step.make_update`, RMSprop as the authors), jitted with the state
     donated. Returns (call, compiled): call() runs one step in place on a held state."""
-    tx = make_optimizer("rmsprop", 2.5e-4)
+    tx = make_optimizer("rmsprop", AUTHORS_RMSPROP["lr"])
     train_def, _, state = init_state(jmodel, tx, seed=0)
     voxels, coords = jnp.asarray(voxels), jnp.asarray(coords)
     compiled = jax.jit(make_update(train_def, tx), donate_argnums=0).lower(state, voxels, coords).compile()
@@ -187,7 +188,7 @@ def jax_train_step(jmodel: V2VModel, voxels, coords):
 def torch_train_step(tmodel: torch.nn.Module, voxels: torch.Tensor, heatmaps: torch.Tensor, dtype: str):
     """The reference's step (`v2v_torch_ref.train.train_step`: MSE mean, RMSprop 2.5e-4, alpha 0.99, eps 1e-8,
     BN in train mode), with the forward and loss under autocast for bfloat16."""
-    opt = torch_optimizer(tmodel.parameters(), "rmsprop", 2.5e-4)
+    opt = torch_optimizer(tmodel.parameters(), "rmsprop", AUTHORS_RMSPROP["lr"])
     tmodel.train()
 
     def call():

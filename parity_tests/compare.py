@@ -25,6 +25,7 @@ from flax import nnx
 
 from v2v_jax import convert
 from v2v_jax.model import Block, record_intermediates
+from v2v_jax.train.optim import AUTHORS_RMSPROP, make_optimizer
 from v2v_torch_ref import model as tmodel
 
 INPUT, OUTPUT = "(input)", "(output)"
@@ -40,14 +41,10 @@ INPUT, OUTPUT = "(input)", "(output)"
 #     so 1e-1; parameters and BN statistics stay float32.
 TOLERANCES = {"float64": 1e-10, "float32": 1e-4, "tf32": 1e-2, "bfloat16": 1e-1}
 
-# The authors' optimiser (SPEC 2, 3): torch.optim.RMSprop(lr, alpha, eps) == optax.rmsprop below.
-RMSPROP = dict(lr=2.5e-4, alpha=0.99, eps=1e-8)
 
-
-def optax_rmsprop(lr=RMSPROP["lr"], alpha=RMSPROP["alpha"], eps=RMSPROP["eps"]) -> optax.GradientTransformation:
-    """torch.optim.RMSprop(lr, alpha, eps) exactly: eps outside the sqrt, square average from 0, no momentum."""
-    return optax.rmsprop(lr, decay=alpha, eps=eps, initial_scale=0.0, eps_in_sqrt=False, centered=False,
-                         momentum=None)
+def torch_rmsprop(params) -> torch.optim.Optimizer:
+    """The authors' optimiser in torch, the side `make_optimizer("rmsprop", ...)` must equal."""
+    return torch.optim.RMSprop(params, **AUTHORS_RMSPROP)
 
 
 def tolerance(dtype: str, tf32: bool = False) -> float:
@@ -395,14 +392,13 @@ def train_both(torch_model: torch.nn.Module, jax_model: nnx.Module, batches: Seq
     """Trains copies of both models (JAX from the torch weights) on the same batches with MSE loss and the
     authors' RMSprop, one step per batch, and compares losses, parameters and BN statistics afterwards.
 
-    `optimizers`: (torch optimizer factory taking parameters, optax transformation); default RMSPROP.
+    `optimizers`: (torch optimizer factory taking parameters, optax transformation); default the authors'.
     """
     torch_model = copy.deepcopy(torch_model).train()
     jax_model = with_torch_weights(jax_model, torch_model)
     jax_model.train()
     make_torch_opt, tx = optimizers or (
-        lambda params: torch.optim.RMSprop(params, lr=RMSPROP["lr"], alpha=RMSPROP["alpha"], eps=RMSPROP["eps"]),
-        optax_rmsprop())
+        torch_rmsprop, make_optimizer("rmsprop", AUTHORS_RMSPROP["lr"]))
     opt = make_torch_opt(torch_model.parameters())
     optimizer = nnx.Optimizer(jax_model, tx, wrt=nnx.Param)
     dtype = _param_dtype(jax_model)

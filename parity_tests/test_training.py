@@ -3,10 +3,10 @@
 import numpy as np
 import optax
 import pytest
-import torch
 
 from parity_tests.cases import block_pair, model_pair, sparse_voxels
-from parity_tests.compare import train_both
+from parity_tests.compare import torch_rmsprop, train_both
+from v2v_jax.train.optim import AUTHORS_RMSPROP
 
 pytestmark = pytest.mark.x64  # five steps compared at the float64 tolerance
 
@@ -40,9 +40,9 @@ def test_optax_default_rmsprop_is_caught():
     first step alone moves weights by lr/sqrt(0.1) instead of lr/sqrt(0.01), so the comparison must fail."""
     torch_block, jax_block, _ = block_pair("res_conv_skip", "float64")
     xs, targets = batches((2, 3, 8, 8, 8), (2, 4, 8, 8, 8))
-    make_torch = lambda params: torch.optim.RMSprop(params, lr=2.5e-4, alpha=0.99, eps=1e-8)  # noqa: E731
     right = train_both(torch_block, jax_block, xs, targets)
-    wrong = train_both(torch_block, jax_block, xs, targets, optimizers=(make_torch, optax.rmsprop(2.5e-4)))
+    wrong = train_both(torch_block, jax_block, xs, targets,
+                       optimizers=(torch_rmsprop, optax.rmsprop(AUTHORS_RMSPROP["lr"])))
     # This block's conv biases before BN have exact gradient 0 and get rounding noise g ~ 1e-16 instead, which
     # RMSprop turns into steps lr*g/(sqrt(v)+eps) ~ (lr/eps)*g = 2.5e4*g: the frameworks' biases part at ~1e-12
     # per step against weights of ~1e-2, hence 1e-6 here (measured 3e-8) rather than the model test's 1e-9.

@@ -22,7 +22,8 @@ STEP_SCRIPT = textwrap.dedent("""
     from v2v_jax.data import cameras
     from v2v_jax.model import V2VModel
     from v2v_jax.train import parallel
-    from v2v_jax.train.step import GeometryConfig, init_state, make_optimizer, make_train_step, numerics_for
+    from v2v_jax.train.optim import make_optimizer
+    from v2v_jax.train.step import GeometryConfig, init_state, make_train_step, numerics_for
 
     assert jax.device_count() == 4
     rng = np.random.default_rng(0)

@@ -38,7 +38,8 @@ from v2v_jax.train import run_dir as run_dir_lib
 from v2v_jax.train.checkpoint import Checkpointer, CheckpointError, CorruptCheckpointError
 from v2v_jax.train.loop import restore
 from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log, truncate_log
-from v2v_jax.train.step import TrainState, init_state, make_optimizer, make_update, numerics_for
+from v2v_jax.train.optim import make_optimizer
+from v2v_jax.train.step import TrainState, init_state, make_update, numerics_for
 
 MiB = 2**20
 pytestmark = pytest.mark.timeout(300)  # a fault that hangs (instead of raising) fails here rather than stalling CI

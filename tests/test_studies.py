@@ -70,16 +70,18 @@ def test_final_relu_plateaus_at_zero_output_loss_and_is_flagged():
     init = overfit.initial_state_dict("original", 4, problem.num_joints)
     variant = overfit.Variant("final ReLU", final_relu=True)
     result = overfit.train(variant, problem, init, steps=6, lr=LR, conv="auto", device="cpu")
-    assert problem.zero_loss == pytest.approx(3.21e-4, rel=0.01)  # SPEC §4
+    assert problem.zero_loss == pytest.approx(3.21e-4, rel=0.01)  # a joint near the centre: test_zero_output_loss_formula
     np.testing.assert_allclose(result.losses[2:], problem.zero_loss, rtol=1e-6)
     assert dead_output_warning(list(result.losses), problem.zero_loss) is not None
 
 
 def test_zero_output_loss_formula():
-    # SPEC §4: mean(H^2) of an all-zero output at 44^3 is (sqrt(pi) 1.7)^3 / 44^3 = 3.21e-4.
-    assert study.zero_output_loss(88) == pytest.approx(3.21e-4, rel=2e-3)
-    heatmaps = geometry.gaussian_heatmaps(np.full((1, 3), 44.0), 44, dtype=np.float64)  # a joint at the centre
-    assert float(np.mean(np.square(heatmaps))) == pytest.approx(study.zero_output_loss(88), rel=1e-6)
+    # One joint away from the border: its Gaussian sums to (sqrt(pi) sigma)^3 in H^2 (sampled at unit spacing, the sum
+    # equals the integral to 2 exp(-2 pi^2 sigma^2) ~ 1e-24 relative; the border cuts it at 13 sigma), so the loss at
+    # M = 44 is (sqrt(pi) 1.7)^3 / 44^3 = 3.215e-4 up to float64 rounding of the mean.
+    closed_form = (np.sqrt(np.pi) * geometry.SIGMA) ** 3 / 44 ** 3
+    assert study.centred_zero_output_loss(88) == pytest.approx(closed_form, rel=1e-9)
+    assert closed_form == pytest.approx(3.21e-4, rel=2e-3)
 
 
 def test_float64_weights_reach_torch_unrounded():

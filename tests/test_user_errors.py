@@ -18,7 +18,8 @@ from v2v_jax.data.centers import read_centers
 from v2v_jax.data.synth import write_msra_dataset
 from v2v_jax.train.checkpoint import Checkpointer
 from v2v_jax.train.loop import Progress, build_model
-from v2v_jax.train.step import init_state, make_optimizer
+from v2v_jax.train.optim import make_optimizer
+from v2v_jax.train.step import init_state
 
 
 def fails(main, argv, capsys) -> str:

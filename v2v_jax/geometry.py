@@ -258,6 +258,17 @@ def heatmap_mse(pred: jax.Array, joint_grid_coords: jax.Array, sigma: float = SI
     return jnp.mean(jnp.square(pred.astype(dtype) - targets))
 
 
+def zero_output_loss(joint_grid_coords, out_size: int, sigma: float = SIGMA, dtype=jnp.float32) -> jax.Array:
+    """`heatmap_mse` of an all-zero output, mean(H^2) over the targets: where a network with dead outputs stays.
+
+    For a joint away from the border each target sums to (sqrt(pi) sigma)^3 in H^2, so the loss is that over M^3:
+    3.21e-4 at M = 44 (the paper's 88^3 input).
+    """
+    coords = jnp.asarray(joint_grid_coords, dtype)
+    return heatmap_mse(jnp.zeros((coords.shape[0], out_size, out_size, out_size, coords.shape[1]), dtype), coords,
+                       sigma)
+
+
 # --- decoding --------------------------------------------------------------------------------------------------
 
 def _window(volume, index, radius):

@@ -22,6 +22,7 @@ from v2v_jax import convert, geometry
 from v2v_jax.data import synth
 from v2v_jax.layers import Numerics
 from v2v_jax.model import V2VModel
+from v2v_jax.train import optim
 from v2v_jax.train import step as jax_step
 from v2v_torch_ref import model as torch_model_lib
 from v2v_torch_ref import train as torch_train
@@ -79,8 +80,8 @@ class Problem:
 
     @property
     def zero_loss(self) -> float:
-        """The MSE of an all-zero output (SPEC §4: 3.21e-4 at 44^3)."""
-        return float(np.mean(np.square(self.heatmaps)))
+        """The MSE of an all-zero output (`geometry.zero_output_loss`)."""
+        return float(geometry.zero_output_loss(self.coords, self.grid // 2, dtype=jnp.float64))
 
     @property
     def grid(self) -> int:
@@ -206,7 +207,7 @@ def train_jax(variant: Variant, problem: Problem, init: dict, *, steps: int, lr:
     with jax.default_device(jax_device(device)):
         model = jax_model(variant, init, conv)
         net = FinalReLU(model) if variant.final_relu else model
-        tx = jax_step.make_optimizer(variant.optimizer, lr)
+        tx = optim.make_optimizer(variant.optimizer, lr)
         train_def, _, state = jax_step.init_state(net, tx, seed=0)
         update = jax.jit(jax_step.make_update(train_def, tx))
         dtype = model.numerics.dtype

@@ -11,8 +11,9 @@ from typing import Callable
 import torch
 
 from parity_tests.studies.overfit import Problem, Result, Variant, initial_state_dict, jax_has, train
+from v2v_jax.train.optim import AUTHORS_RMSPROP
 
-AUTHORS_LR = 2.5e-4
+AUTHORS_LR = AUTHORS_RMSPROP["lr"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 
@@ -14,6 +15,7 @@ from parity_tests.studies import divergence, report
 from parity_tests.studies.overfit import Problem, Result, Variant, jax_has, make_problem
 from parity_tests.studies.plans import (DIVERGENCE_PAIRS, Budget, Settings, ablation_variants, final_relu_variants,
                                    precision_variants, run_variants)
+from v2v_jax import geometry
 from v2v_jax.train.checks import dead_output_warning
 
 FIRST_STEPS = 10  # trajectory agreement is reported over this many steps
@@ -264,7 +266,7 @@ def ablation_study(settings: Settings) -> str:
         for name, e in experiments.items():
             checks = {r.variant.name: dead_output_warning(list(r.losses), e.problem.zero_loss) for r in e.results}
             parts += [f"## {name.capitalize()} (all-zero-output loss {e.problem.zero_loss:.3e}; "
-                      f"{zero_output_loss(grids[name]):.3e} for a joint away from the border)\n",
+                      f"{centred_zero_output_loss(grids[name]):.3e} for a joint away from the border)\n",
                       report.results_table(e.results, e.skipped, settings.device, e.problem.zero_loss, checks)
                       + "\n"]
         text = "\n".join(parts)
@@ -290,7 +292,6 @@ def ablation_study(settings: Settings) -> str:
     return write()
 
 
-def zero_output_loss(grid: int, sigma: float = 1.7) -> float:
-    """mean(H²) of one joint's Gaussian at the centre of an (grid/2)³ heatmap, ignoring truncation at the border:
-    (√π σ)³ / M³ (SPEC §4: 3.21e-4 at 44³)."""
-    return float((np.sqrt(np.pi) * sigma) ** 3 / (grid // 2) ** 3)
+def centred_zero_output_loss(grid: int) -> float:
+    """The all-zero-output loss of one joint at the centre of the grid (`geometry.zero_output_loss`)."""
+    return float(geometry.zero_output_loss(np.full((1, 1, 3), grid / 2), grid // 2, dtype=jnp.float64))

@@ -56,7 +56,7 @@ def report_initial_loss(state, train_def, batch, geo, width: int) -> dict[str, f
     dtype = jnp.promote_types(pred.dtype, jnp.float32)  # as heatmap_mse: float64 runs keep float64 targets
     targets = jax.vmap(lambda c: geometry.gaussian_heatmaps(c, pred.shape[1], dtype=dtype))(coords)
     losses = {"train_loss": float(geometry.heatmap_mse(pred, coords)),
-              "zero_output_loss": float(jnp.mean(jnp.square(targets))),
+              "zero_output_loss": float(geometry.zero_output_loss(coords, pred.shape[1], dtype=dtype)),
               "output_floor_loss": output_layer_floor(parallel.gather(targets), width), "num_joints": pred.shape[-1]}
     print(f"initial loss {losses['train_loss']:.4e}; an all-zero output gives {losses['zero_output_loss']:.4e} "
           f"(ratio {losses['train_loss'] / losses['zero_output_loss']:.3f}); width {width} can reach "

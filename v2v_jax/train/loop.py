@@ -28,10 +28,10 @@ from v2v_jax.data.loader import BatchLoader
 from v2v_jax.model import V2VModel
 from v2v_jax.train import checks, datasets, parallel, plots, report
 from v2v_jax.train.checkpoint import METRIC, CheckpointError, Checkpointer
+from v2v_jax.train.optim import make_optimizer
 from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log, set_aside_logs
 from v2v_jax.train.runtime import configure_runtime
-from v2v_jax.train.step import (GeometryConfig, TrainState, init_state, make_eval_step, make_optimizer,
-                                make_train_step, numerics_for)
+from v2v_jax.train.step import GeometryConfig, TrainState, init_state, make_eval_step, make_train_step, numerics_for
 
 CHECKPOINT_BYTES_PER_PARAM = 4 * 3  # parameters plus two optimiser-sized copies, float32
 BATCH_KEYS = ("depth", "center", "joints")  # what travels to the device

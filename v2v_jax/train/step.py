@@ -48,18 +48,6 @@ def numerics_for(dtype: str, batchnorm: str = "torch", init: str = "original", c
     return Numerics(dtype=compute, param_dtype=param, batchnorm=batchnorm, init=init, conv=conv)
 
 
-def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
-    """RMSprop exactly as torch.optim.RMSprop(lr, alpha=0.99, eps=1e-8), which the authors used."""
-    if name == "rmsprop":
-        return optax.rmsprop(lr, decay=0.99, eps=1e-8, initial_scale=0.0, eps_in_sqrt=False, centered=False,
-                             momentum=None)
-    if name == "adam":
-        return optax.adam(lr)
-    if name == "sgd":
-        return optax.sgd(lr, momentum=0.9)
-    raise ValueError(f"unknown optimizer {name!r}")
-
-
 def init_state(model: V2VModel, tx: optax.GradientTransformation, seed: int):
     """Splits a model into (train graphdef, eval graphdef, TrainState)."""
     model.train()
