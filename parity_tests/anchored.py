@@ -41,11 +41,12 @@ from v2v_jax import convert
 from v2v_jax import model as jmodel
 from v2v_jax.dtypes import PRECISIONS
 from v2v_jax.layers import BatchNorm3d, Numerics
-from v2v_jax.train.step import make_optimizer as jax_optimizer
+from v2v_jax.train.optim import AUTHORS_RMSPROP
+from v2v_jax.train.optim import make_optimizer as jax_optimizer
 from v2v_torch_ref import model as tmodel
 from v2v_torch_ref.train import make_optimizer as torch_optimizer
 
-LR = 2.5e-4  # the authors' RMSprop learning rate
+LR = AUTHORS_RMSPROP["lr"]
 MOMENTUM = BatchNorm3d.momentum  # torch's BatchNorm default, 0.1; read before any patch
 
 
