@@ -23,9 +23,10 @@ from flax import nnx
 from tqdm import tqdm
 
 from v2v_jax.config import Config, describe, parse_config, problems, repeat_flags, save_config
-from v2v_jax.data.base import DataError
+from v2v_jax.data import cameras
+from v2v_jax.data.base import DataError, DepthDataset
 from v2v_jax.data.loader import BatchLoader
-from v2v_jax.model import V2VModel
+from v2v_jax.model import V2VModel, count_parameters
 from v2v_jax.train import checks, datasets, parallel, plots, report
 from v2v_jax.train.checkpoint import METRIC, CheckpointError, Checkpointer
 from v2v_jax.train.optim import make_optimizer
@@ -133,108 +134,148 @@ def restore(checkpoints: Checkpointer, state: TrainState, is_writer: bool) -> tu
     return state, Progress(record["history"], record["best"])
 
 
+@dataclasses.dataclass(frozen=True)
+class RunData:
+    """The data sets of a run and the step counts they give."""
+    train_set: DepthDataset
+    test_set: DepthDataset
+    spec: cameras.DatasetSpec
+    steps_per_epoch: int
+    total_steps: int
+
+
+def open_run_data(cfg: Config) -> RunData:
+    train_set, test_set, spec = datasets.open_datasets(cfg)
+    steps_per_epoch = len(train_set) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise TrainingError(f"{len(train_set)} training frames are fewer than one batch of {cfg.batch_size}")
+    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or sys.maxsize)
+    return RunData(train_set, test_set, spec, steps_per_epoch, total_steps)
+
+
+def disk_needed(cfg: Config, state: TrainState) -> int:
+    """Bytes the run directory needs: the kept checkpoints, two more being written, and the logs."""
+    return (cfg.keep_checkpoints + 2) * CHECKPOINT_BYTES_PER_PARAM * count_parameters(state.params) + 64 * 2**20
+
+
+class Hooks:
+    """What runs around the train step: the first batch's loss check, logging, the progress bar, the evaluation,
+    check and checkpoint at the end of each epoch, and the checkpoints in between."""
+
+    def __init__(self, cfg: Config, data: RunData, evaluate: Callable[[TrainState], dict], checkpoints: Checkpointer,
+                 progress: Progress, first_step: int, is_writer: bool):
+        self.cfg, self.data, self.evaluate = cfg, data, evaluate
+        self.checkpoints, self.progress, self.first_step = checkpoints, progress, first_step
+        self.log = ScalarLog(Path(cfg.out), first_step, enabled=is_writer)
+        self.raw_check = checks.RawSampleCheck(data.train_set)
+        self.last_saved = checkpoints.steps()[-1] if checkpoints.steps() else None
+        self.t_start, self.rate = time.time(), report.SteadyRate(first_step, cfg.batch_size)
+        self.bar = tqdm(total=data.total_steps, initial=first_step, desc="train", unit="step", dynamic_ncols=True,
+                        disable=not is_writer)
+
+    def save(self, state: TrainState, step: int, **metrics) -> None:
+        record = self.progress.record(step, self.data.steps_per_epoch)
+        self.last_saved = self.checkpoints.save(state, record, metrics=metrics or None)
+
+    def before_first_step(self, state: TrainState, train_def, batch, geo: GeometryConfig) -> None:
+        initial_losses = checks.report_initial_loss(state, train_def, batch, geo, self.cfg.width)
+        if self.first_step == 0:
+            self.log.write(0, **initial_losses)
+
+    def after_step(self, step: int, state: TrainState, metrics: dict) -> None:
+        self.rate.tick(step)
+        check_finite(metrics, step, state, self.cfg.on_nonfinite, self.checkpoints.directory, self.last_saved)
+        if step % self.cfg.log_every == 0 or step == self.data.total_steps:
+            self.log.write(step, train_loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
+                           steps_per_s=(step - self.first_step) / max(time.time() - self.t_start, 1e-9),
+                           skipped=int(state.skipped))
+        epoch, batch_in_epoch = divmod(step, self.data.steps_per_epoch)
+        self.bar.set_postfix(loss=f"{float(metrics['loss']):.3e}", epoch=epoch + (batch_in_epoch > 0))
+        self.bar.update(1)
+        if batch_in_epoch == 0:
+            self.end_of_epoch(epoch, step, state)
+        elif self.cfg.checkpoint_every and step % self.cfg.checkpoint_every == 0:
+            self.save(state, step)
+
+    def end_of_epoch(self, epoch: int, step: int, state: TrainState) -> None:
+        result = self.evaluate(state)
+        self.progress = self.progress.add_epoch(epoch, step, result)
+        self.log.write(step, test_loss=result["loss"], test_mean_error_mm=result[METRIC])
+        tqdm.write(f"epoch {epoch}: test mean error {result[METRIC]:.2f} mm, heatmap loss {result['loss']:.3e}")
+        self.raw_check.verify(epoch)
+        self.save(state, step, **{METRIC: result[METRIC]})
+
+    def after_loop(self, step: int, state: TrainState) -> None:
+        """The last checkpoint, written and waited for."""
+        self.bar.close()
+        if self.last_saved != step:
+            self.save(state, step)
+        self.checkpoints.wait()
+
+
+def stop_after_signal(signal_name: str, step: int, cfg: Config, checkpoints: Checkpointer):
+    print(f"\n{signal_name}: saved checkpoint at step {step} in {checkpoints.directory}. "
+          f"Resume with: python train.py --resume --out {shlex.quote(str(Path(cfg.out)))}" + repeat_flags(cfg))
+    raise SystemExit(130 if signal_name == "SIGINT" else 143)
+
+
 def train(cfg: Config, transform_step: Callable[[Callable], Callable] | None = None) -> dict:
     """Runs (or resumes) a training run; returns the final evaluation.
 
     `transform_step` wraps the jitted train step (the reliability tests inject faults with it)."""
     if problems(cfg):
         raise TrainingError("; ".join(problems(cfg)))
-    run_dir = Path(cfg.out)
-    is_writer = jax.process_index() == 0  # processes may share the run directory: process 0 writes it
-    train_set, test_set, spec = datasets.open_datasets(cfg)
-    steps_per_epoch = len(train_set) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise TrainingError(f"{len(train_set)} training frames are fewer than one batch of {cfg.batch_size}")
-    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or sys.maxsize)
+    run_dir, is_writer = Path(cfg.out), jax.process_index() == 0  # processes may share run_dir: process 0 writes
+    data = open_run_data(cfg)
     tx = make_optimizer(cfg.optimizer, cfg.lr)
-    train_def, eval_def, state = init_state(build_model(cfg, spec.num_joints), tx, cfg.seed)
-    geo = geometry_config(cfg, spec)
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-    needed = (cfg.keep_checkpoints + 2) * CHECKPOINT_BYTES_PER_PARAM * num_params + 64 * 2**20
-    lock = acquire(run_dir, cfg.resume, needed) if is_writer else None
+    train_def, eval_def, state = init_state(build_model(cfg, data.spec.num_joints), tx, cfg.seed)
+    geo = geometry_config(cfg, data.spec)
+    lock = acquire(run_dir, cfg.resume, disk_needed(cfg, state)) if is_writer else None
     stop = StopRequest()
     stop.install()
     checkpoints = Checkpointer(run_dir / "checkpoints", keep=cfg.keep_checkpoints)
     try:
         state, progress = restore(checkpoints, state, is_writer) if cfg.resume else (state, Progress())
-        step = int(state.step)
+        step = first_step = int(state.step)
         if is_writer:
             save_config(cfg, run_dir)
-        log = ScalarLog(run_dir, step, enabled=is_writer)
         mesh = parallel.data_mesh(cfg.batch_size)
         state = parallel.replicate(state, mesh)
         train_step = make_train_step(train_def, tx, geo, on_nonfinite=cfg.on_nonfinite)
-        if transform_step is not None:
-            train_step = transform_step(train_step)
-        eval_step = make_eval_step(eval_def, geo)
-        train_loader = BatchLoader(train_set, cfg.batch_size, num_workers=cfg.num_workers)
-        test_loader = BatchLoader(test_set, cfg.batch_size, shuffle=False, drop_last=False,
+        train_step = transform_step(train_step) if transform_step is not None else train_step
+        train_loader = BatchLoader(data.train_set, cfg.batch_size, num_workers=cfg.num_workers)
+        test_loader = BatchLoader(data.test_set, cfg.batch_size, shuffle=False, drop_last=False,
                                   num_workers=cfg.num_workers)
-        print(f"{spec.name}: {len(train_set)} training / {len(test_set)} test frames; {describe(cfg)}; "
-              f"{steps_per_epoch} steps per epoch, {total_steps} steps on {jax.device_count()} "
-              f"{jax.default_backend()} device(s)")
-
-        raw_check = checks.RawSampleCheck(train_set)
-        last_saved = checkpoints.steps()[-1] if checkpoints.steps() else None
-
-        def save(step: int, **metrics) -> int:
-            return checkpoints.save(state, progress.record(step, steps_per_epoch), metrics=metrics or None)
-
-        t_start = time.time()
-        rate = report.SteadyRate(step, cfg.batch_size)
-        bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                   disable=not is_writer)
-        batches = train_batches(train_loader, cfg.seed, step, steps_per_epoch)
-        first_step = step
-        while step < total_steps and not stop.signal:
+        print(f"{data.spec.name}: {len(data.train_set)} training / {len(data.test_set)} test frames; "
+              f"{describe(cfg)}; {data.steps_per_epoch} steps per epoch, {data.total_steps} steps on "
+              f"{jax.device_count()} {jax.default_backend()} device(s)")
+        eval_step = make_eval_step(eval_def, geo)
+        hooks = Hooks(cfg, data, lambda state: evaluate(eval_step, state, test_loader, cfg.eval_batches, mesh),
+                      checkpoints, progress, step, is_writer)
+        batches = train_batches(train_loader, cfg.seed, step, data.steps_per_epoch)
+        while step < data.total_steps and not stop.signal:
             batch = parallel.shard_batch({k: v for k, v in next(batches).items() if k in BATCH_KEYS}, mesh)
             if step == first_step:
-                initial_losses = checks.report_initial_loss(state, train_def, batch, geo, cfg.width)
-                if step == 0:
-                    log.write(0, **initial_losses)
+                hooks.before_first_step(state, train_def, batch, geo)
             state, metrics = train_step(state, batch)
-            metrics = parallel.to_host(metrics)
             step += 1
-            rate.tick(step)
-            check_finite(metrics, step, state, cfg.on_nonfinite, checkpoints.directory, last_saved)
-            if step % cfg.log_every == 0 or step == total_steps:
-                log.write(step, train_loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
-                          steps_per_s=(step - first_step) / max(time.time() - t_start, 1e-9),
-                          skipped=int(state.skipped))
-            epoch, batch_in_epoch = divmod(step, steps_per_epoch)
-            bar.set_postfix(loss=f"{float(metrics['loss']):.3e}", epoch=epoch + (batch_in_epoch > 0))
-            bar.update(1)
-            if batch_in_epoch == 0:  # an epoch ended: evaluate, check, checkpoint
-                result = evaluate(eval_step, state, test_loader, cfg.eval_batches, mesh)
-                progress = progress.add_epoch(epoch, step, result)
-                log.write(step, test_loss=result["loss"], test_mean_error_mm=result[METRIC])
-                tqdm.write(f"epoch {epoch}: test mean error {result[METRIC]:.2f} mm, "
-                           f"heatmap loss {result['loss']:.3e}")
-                raw_check.verify(epoch)
-                last_saved = save(step, **{METRIC: result[METRIC]})
-            elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                last_saved = save(step)
-        bar.close()
-        if last_saved != step:
-            last_saved = save(step)
-        checkpoints.wait()
+            hooks.after_step(step, state, parallel.to_host(metrics))
+        hooks.after_loop(step, state)
         if stop.signal:
-            log.close()
-            print(f"\n{stop.signal}: saved checkpoint at step {step} in {checkpoints.directory}. "
-                  f"Resume with: python train.py --resume --out {shlex.quote(str(run_dir))}" + repeat_flags(cfg))
-            raise SystemExit(130 if stop.signal == "SIGINT" else 143)
-        final = evaluate(eval_step, state, test_loader, cfg.eval_batches, mesh)
-        log.close()
+            hooks.log.close()
+            stop_after_signal(stop.signal, step, cfg, checkpoints)
+        final = hooks.evaluate(state)
+        hooks.log.close()
     finally:
         checkpoints.close()
         if lock is not None:
             lock.close()
-    print(report.format_table(final, spec.joint_names))
-    print(f"trained {step} steps in {time.time() - t_start:.0f} s; {rate}")
+    print(report.format_table(final, data.spec.joint_names))
+    print(f"trained {step} steps in {time.time() - hooks.t_start:.0f} s; {hooks.rate}")
     if cfg.overfit:
         checks.report_overfit(read_log(run_dir))
     if cfg.plots and is_writer:
-        plots.save_run_figures(run_dir, read_log(run_dir), final, test_set, geo, spec)
+        plots.save_run_figures(run_dir, read_log(run_dir), final, data.test_set, geo, data.spec)
     return {k: v for k, v in final.items() if k not in ("pred", "gt")}
 
 
