@@ -181,10 +181,10 @@ def assert_fell_back(run: Run, corrupt_step: int) -> None:
 
 
 def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint(synth_root, env, reference, tmp_path):
-    """Issue 6's resume test and issue 9 item 1 in one pass: SIGKILL once step 7 is logged (checkpoints 2, 4, 5, 6
-    are on disk, the last maybe still being written); flip bytes in the newest checkpoint; --resume warns, moves it
-    aside, resumes from an earlier one, and the run ends with the same parameters as the uninterrupted run, bit for
-    bit."""
+    """A killed run and a damaged checkpoint in one pass (docs/reliability.md, "Process killed"): SIGKILL once step 7 is
+    logged (checkpoints 2, 4, 5, 6 are on disk, the last maybe still being written); flip bytes in the newest
+    checkpoint; --resume warns, moves it aside, resumes from an earlier one, and the run ends with the same parameters
+    as the uninterrupted run, bit for bit."""
     out = tmp_path / "run"
     run = Run(train_args(synth_root, out), env, out, "killed")
     run.wait_for_step(7)
@@ -232,10 +232,10 @@ def kill_during_checkpoint_write(run: Run) -> int | None:
 
 @pytest.mark.slow
 def test_five_sigkills_at_random_points_resume_bitwise(synth_root, env, reference, tmp_path):
-    """Issue 9 item 1: five SIGKILLs at seeded random points, one of them while a checkpoint is being written (tried
-    again at the next write if that write wins the race); the newest checkpoint gets bytes flipped after the 2nd kill
-    and is truncated after the 4th (or after the next kill that leaves a checkpoint). Every resume skips what it
-    must, says so, and the run ends bitwise equal to the uninterrupted one."""
+    """docs/reliability.md, "Process killed": five SIGKILLs at seeded random points, one of them while a checkpoint is
+    being written (tried again at the next write if that write wins the race); the newest checkpoint gets bytes flipped
+    after the 2nd kill and is truncated after the 4th (or after the next kill that leaves a checkpoint). Every resume
+    skips what it must, says so, and the run ends bitwise equal to the uninterrupted one."""
     rng = np.random.default_rng(9)
     out = tmp_path / "run"
     kinds = ["step"] * 5
@@ -296,8 +296,8 @@ def resume_command(run: Run, signal_name: str) -> list[str]:
 
 
 def assert_second_run_refused(run: Run, synth_root: Path, env: dict) -> None:
-    """Issue 9 item 6: while `run` holds its directory (stopped with SIGSTOP, so that it cannot finish meanwhile), a
-    second run on the same --out is refused with a message naming the holder's pid."""
+    """docs/reliability.md, "Concurrency": while `run` holds its directory (stopped with SIGSTOP, so that it cannot
+    finish meanwhile), a second run on the same --out is refused with a message naming the holder's pid."""
     run.proc.send_signal(signal.SIGSTOP)
     try:
         second = Run(train_args(synth_root, run.out), env, run.out, "second")
@@ -309,10 +309,10 @@ def assert_second_run_refused(run: Run, synth_root: Path, env: dict) -> None:
 
 @pytest.mark.slow
 def test_sigint_and_sigterm_save_a_checkpoint_and_say_how_to_resume(synth_root, env, reference, tmp_path):
-    """Issue 9 item 2. Ctrl-C as a terminal sends it, then SIGTERM as a scheduler sends it: each to the whole process
-    group, data-loader worker included. Each time the run saves a checkpoint, exits with 130 / 143 and prints the
-    command that resumes it; running those commands ends bitwise equal to the uninterrupted run. Before the
-    interruption, a second run on the same directory is refused (item 6)."""
+    """docs/reliability.md, "SIGINT and SIGTERM". Ctrl-C as a terminal sends it, then SIGTERM as a scheduler sends it:
+    each to the whole process group, data-loader worker included. Each time the run saves a checkpoint, exits with 130 /
+    143 and prints the command that resumes it; running those commands ends bitwise equal to the uninterrupted run.
+    Before the interruption, a second run on the same directory is refused ("Concurrency")."""
     out = tmp_path / "run"
     run = Run(train_args(synth_root, out, "--num-workers", "1"), env, out, "sigint")
     run.wait_for_step(3)
@@ -331,8 +331,9 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_say_how_to_resume(synth_root, 
 
 @pytest.mark.slow
 def test_nan_gradient_stops_the_run_naming_the_step_and_earlier_checkpoints_stay_valid(synth_root, env, tmp_path):
-    """Issue 9 item 5, 'stop': NaN gradients at step 7 stop the run there, naming step 7 and the last good checkpoint
-    (6); every checkpoint on disk verifies, and --resume (without the fault) continues from 6 to the end.
+    """docs/reliability.md, "Numerical faults", 'stop': NaN gradients at step 7 stop the run there, naming step 7 and
+    the last good checkpoint (6); every checkpoint on disk verifies, and --resume (without the fault) continues from 6
+    to the end.
 
     The fault is NaN labels at step 7 (tests/faults.py)."""
     out = tmp_path / "run"
@@ -355,8 +356,8 @@ def test_nan_gradient_stops_the_run_naming_the_step_and_earlier_checkpoints_stay
 
 @pytest.mark.slow
 def test_nan_gradient_step_is_skipped_and_counted_under_skip(synth_root, env, tmp_path):
-    """Issue 9 item 5, 'skip': the step is skipped, named and counted (stdout, metrics.jsonl, the state); the run
-    finishes with finite parameters."""
+    """docs/reliability.md, "Numerical faults", 'skip': the step is skipped, named and counted (stdout, metrics.jsonl,
+    the state); the run finishes with finite parameters."""
     out = tmp_path / "run"
     run = run_to_end(nan_args(train_args(synth_root, out, "--on-nonfinite", "skip"), 7), env, out, "skip")
     assert "step 7: non-finite loss or gradient; skipped it (1 so far)" in run.output
@@ -408,10 +409,10 @@ WRITE_FAILED = (r"error: (could not write checkpoint \S*checkpoints/\d+: {0}; th
 @pytest.mark.slow
 def test_full_or_read_only_disk_is_a_clear_error_and_the_last_checkpoint_stays_intact(synth_root, env, reference,
                                                                                       tmp_path):
-    """Issue 9 item 3 on real small file systems (tmpfs, root only): too little space or a read-only directory is
-    refused before training; a disk that fills or turns read-only during training stops the run at the failing
-    write with a clear error; the last checkpoint verifies, and after freeing space --resume ends bitwise equal to
-    the uninterrupted run."""
+    """docs/reliability.md, "Full or read-only disk", on real small file systems (tmpfs, root only): too little space or
+    a read-only directory is refused before training; a disk that fills or turns read-only during training stops the run
+    at the failing write with a clear error; the last checkpoint verifies, and after freeing space --resume ends bitwise
+    equal to the uninterrupted run."""
     disk, logs = tmp_path / "disk", tmp_path / "logs"
     logs.mkdir()
     out = disk / "run"
@@ -452,8 +453,8 @@ def test_full_or_read_only_disk_is_a_clear_error_and_the_last_checkpoint_stays_i
 
 @pytest.mark.slow
 def test_bad_frame_policy_end_to_end(synth_root, env, tmp_path):
-    """Issue 9 item 4 through the CLI: a truncated training frame stops `--on-bad-frame error` naming the file, and
-    `--on-bad-frame skip` trains without it, reporting it."""
+    """docs/reliability.md, "Data faults", through the CLI: a truncated training frame stops `--on-bad-frame error`
+    naming the file, and `--on-bad-frame skip` trains without it, reporting it."""
     root = tmp_path / "synth"
     shutil.copytree(synth_root, root)
     bad = root / "P0" / "5" / msra.depth_name(0)

@@ -1,9 +1,9 @@
-"""The precision study at CPU size (issue 7): what must hold whatever the numerics.
+"""The precision study at CPU size: what must hold whatever the numerics.
 
 Sizes are the study's CPU defaults (grid 24, width 8, wrist + fingertips, RMSprop lr 1e-3), so these runs are the
 first steps of `python -m parity_tests.studies precision`; the final-ReLU check needs V2V's own 88^3 grid. Two XLA
 compilations (float64 at 24^3, float32 with a final ReLU at 88^3) dominate the runtime: about a minute on the
-2-core machine, inside the default test run because these are the study's claims (issue 7).
+2-core machine, inside the default test run because these are the study's claims (docs/studies/precision.md).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def test_float64_trajectories_agree_across_frameworks(problem, init, jax_f64):
     torch_f64 = overfit.train(overfit.Variant("PyTorch f64", "torch", "float64"), problem, init,
                               steps=PARITY_STEPS, lr=LR, conv="auto", device="cpu")
     # losses[k] is the loss before step k + 1; the last entry of the short run is the loss after its last step.
-    # Tolerance 1e-8 (the issue's): one step's parity is ~1e-14 (docs/parity.md); RMSprop's first steps move each
+    # Tolerance 1e-8: one step's parity is ~1e-14 (docs/parity.md); RMSprop's first steps move each
     # weight by ~10 lr whatever the gradient's size, so a gradient that is pure rounding noise (a conv bias before
     # BN) moves by noise / eps = 1e8 x noise; measured ~1e-12 over these steps.
     np.testing.assert_allclose(jax_f64.losses[:PARITY_STEPS + 1], torch_f64.losses, rtol=1e-8, atol=0)
@@ -55,7 +55,7 @@ def test_one_sample_overfits(jax_f64, problem):
     # loss reaches 1/100 of its initial value within the run, not that it ends there.
     assert jax_f64.losses[0] == pytest.approx(problem.zero_loss, rel=0.01)  # the original init outputs ~0
     assert jax_f64.steps_to(100) is not None, jax_f64.losses[::25]
-    assert jax_f64.error_voxels < 1.5  # argmax decoding alone leaves ~0.96 voxels (SPEC §4)
+    assert jax_f64.error_voxels < 1.5  # argmax decoding alone: ~0.96 voxels
     assert dead_output_warning(list(jax_f64.losses), problem.zero_loss) is None
 
 

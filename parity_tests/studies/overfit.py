@@ -147,7 +147,8 @@ class Result:
 def mean_error_voxels(heatmaps: np.ndarray, coords: np.ndarray) -> float:
     """Mean Euclidean distance, in input-grid voxels, between argmax-decoded joints and their targets.
 
-    Argmax decoding alone leaves about 0.96 voxels (SPEC §4: uniform per-axis error on [-1, 1)).
+    Argmax decoding alone leaves about 0.96 voxels: a 2-voxel heatmap cell makes the error uniform on [-1, 1) per
+    axis, and the mean length of such a 3-D error is 0.96.
     """
     decoded = np.asarray(geometry.decode_grid_coords(jnp.asarray(heatmaps, jnp.float32), dtype=jnp.float64))
     return float(np.linalg.norm(decoded - coords, axis=-1).mean())
@@ -157,7 +158,8 @@ def mean_error_voxels(heatmaps: np.ndarray, coords: np.ndarray) -> float:
 
 
 class FinalReLU(nnx.Module):
-    """V2V with a ReLU after its output convolution: the bug of SPEC §8 lesson 4."""
+    """V2V with a ReLU after its output convolution: the bug that held the port author's loss at the all-zero
+    output's 3e-4 (dragonbook/V2V-PoseNet-pytorch, doc/some-notes.txt, removed in fa1603b)."""
 
     def __init__(self, net: V2VModel):
         self.net = net
