@@ -1,4 +1,5 @@
-"""The JAX geometry against the NumPy reference (v2v_torch_ref.geometry_ref) and its properties (SPEC §4).
+"""The JAX geometry against the NumPy reference (v2v_torch_ref.geometry_ref) and its properties (the conventions
+in v2v_jax/geometry.py's docstring).
 
 float32 results are compared with the float64 reference; where a tolerance is needed it is derived beside the test.
 u = 2^-24 is the unit roundoff of float32.
@@ -187,7 +188,8 @@ def test_documented_float32_tie():
 
 
 def test_spec_round_trip_checks():
-    """SPEC §4: r -> voxel (44, 44, 44); r - C/2 -> voxel 0; r + C/2 is dropped (c = 88). Dyadic values: exact."""
+    """c = (p - r) N / C + N/2, voxel floor(c): r -> voxel (44, 44, 44); r - C/2 -> voxel 0; r + C/2 is dropped
+    (c = 88). Dyadic values: exact."""
     center, cube = np.array([16.0, -32.0, 256.0], np.float32), 200.0
     for offset, occupied in ((0.0, (44, 44, 44)), (-cube / 2, (0, 0, 0)), (cube / 2, None)):
         grid = np.asarray(voxelize(jnp.asarray(center + offset)[None], jnp.asarray(center), cube, N))
@@ -264,7 +266,7 @@ def test_heatmap_mse_matches_numpy_and_all_zero_value():
     got = geometry.heatmap_mse(jnp.asarray(pred), jnp.asarray(coords))
     assert got.dtype == jnp.float64
     np.testing.assert_allclose(got, expected, rtol=1e-12)
-    # SPEC (derived): all-zero output, interior joints: mean(H^2) = (sqrt(pi) sigma)^3 / 44^3 = 3.21e-4.
+    # All-zero output, interior joints: mean(H^2) = (sqrt(pi) sigma)^3 / 44^3 = 3.21e-4 (a Gaussian's integral).
     zero = geometry.heatmap_mse(jnp.zeros((1, M, M, M, 1), jnp.bfloat16), jnp.asarray(coords[:1, :1], jnp.float32))
     assert zero.dtype == jnp.float32  # computed in float32 for a bfloat16 network output
     np.testing.assert_allclose(zero, (np.sqrt(np.pi) * 1.7) ** 3 / M ** 3, rtol=1e-5)  # float32 sum of 85k terms

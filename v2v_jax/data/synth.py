@@ -1,4 +1,4 @@
-"""Synthetic hand depth data set in MSRA's camera, joints and file layout (SPEC §5, §7): the default with no download.
+"""Synthetic hand depth data set in MSRA's camera, joints and file layout: the default, with no download.
 
     python -m v2v_jax.data.synth --out DIR --frames N --seed S [--subjects K] [--workers W]
 
@@ -9,9 +9,10 @@ not depend on how many frames are generated, in what order, or by how many proce
 differ from the other subjects', so leave-one-subject-out tests generalisation to a new hand.
 
 Reference centre: the mean of the 21 joints plus N(0, CENTRE_NOISE_MM) per axis, standing in for the refinement
-network's centres (SPEC §5 "Reference centres"): 4 mm per axis is an RMS 3-D error of 6.9 mm (SPEC §7: 5-8 mm). The
-joint mean rather than the foreground centroid, so that the forearm stub and occlusions do not move the centre. One
-centre per frame, written to every centre file that lists the frame (the real files differ per fold).
+network that made the published centres (github.com/mks0601/V2V-PoseNet_RELEASE/issues/54): 4 mm per axis is an
+RMS 3-D error of 6.9 mm (4 mm x sqrt 3). The joint mean rather than the foreground centroid, so that the forearm
+stub and occlusions do not move the centre. One centre per frame, written to every centre file that lists the frame
+(the real files differ per fold).
 """
 
 from __future__ import annotations
