@@ -12,6 +12,7 @@ import torch
 
 from v2v_jax.config import PRESETS, Config
 from v2v_jax.data.synth import write_msra_dataset
+from v2v_torch_ref import geometry_ref
 from v2v_torch_ref import train as oracle
 from v2v_torch_ref.model import V2VModel
 
@@ -19,8 +20,11 @@ from v2v_torch_ref.model import V2VModel
 def test_options_have_train_py_defaults_and_paper_preset():
     """The two trainers share no code, so the same flags must mean the same run by agreement, checked here."""
     for field in dataclasses.fields(oracle.Options):
-        if field.name != "out":  # each trainer writes to a folder of its own
+        # Each trainer writes to a folder of its own; the reference trainer writes port-format state_dicts, so it
+        # voxelises in the port's geometry, the one predict --torch-checkpoint assumes for them.
+        if field.name not in ("out", "geometry"):
             assert field.default == getattr(Config(), field.name), field.name
+    assert (oracle.Options().geometry, Config().geometry) == ("port", "ours")
     assert oracle.PAPER == {k: v for k, v in PRESETS["paper"].items() if k in oracle.PAPER}
     assert set(PRESETS["paper"]) - set(oracle.PAPER) == {"decode"}  # the reference decodes by argmax only
 
@@ -64,5 +68,24 @@ def test_trains_evaluates_and_writes_a_port_state_dict(tmp_path, capsys):
     assert dist.shape == (2, 21) and np.isfinite(dist).all()  # MSRA's 21 joints
     model = V2VModel(1, 21, 2)
     model.load_state_dict(torch.load(out / "model.pth"))  # strict: the port's keys
-    assert oracle.Options(**json.loads((out / "options.json").read_text())).overfit == 2
-    assert f"{dist.mean():.2f} mm\nframes with every joint within" in capsys.readouterr().out
+    options = oracle.Options(**json.loads((out / "options.json").read_text()))
+    assert (options.overfit, options.geometry) == (2, "port")
+    printed = capsys.readouterr().out
+    assert f"{dist.mean():.2f} mm\nframes with every joint within" in printed
+    assert "geometry: port, the PyTorch port's (pixels numbered from 1, voxel coordinates truncated)" in printed
+
+
+def test_samples_follow_the_geometry(tmp_path):
+    """The data set's voxels are the reference's of the chosen geometry; the two geometries' grids differ."""
+    root = write_msra_dataset(tmp_path / "synth", frames=34, seed=0, subjects=2)
+    opts = oracle.parse_options(["--root", str(root), "--synth-frames", "34", "--synth-subjects", "2"])
+    frames, _, spec = oracle.open_sets(opts)
+    frame = frames[0]
+    grids = {}
+    for name in ("ours", "port"):
+        voxels = oracle.VoxelDataset(frames, spec, 200.0, 24, 0, 0, False, name)[0][0]
+        expected = geometry_ref.generate_cubic_input(geometry_ref.depth_to_points(frame.depth, spec, name),
+                                                     frame.center.astype(np.float64), 200.0, 24, name)
+        np.testing.assert_array_equal(voxels[0], expected)
+        grids[name] = voxels
+    assert (grids["ours"] != grids["port"]).any()

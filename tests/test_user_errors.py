@@ -4,12 +4,15 @@ no traceback; and the garbage a tool must refuse rather than turn into numbers (
 from __future__ import annotations
 
 import io
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
+import torch
 
 from v2v_jax import evaluate, metrics, predict
 from v2v_jax.config import PRESETS, Config, parse_config, problems, save_config
@@ -20,6 +23,7 @@ from v2v_jax.train.checkpoint import Checkpointer
 from v2v_jax.train.loop import Progress, build_model
 from v2v_jax.train.optim import make_optimizer
 from v2v_jax.train.step import init_state
+from v2v_torch_ref.model import V2VModel
 
 
 def fails(main, argv, capsys) -> str:
@@ -110,6 +114,46 @@ def test_predict_on_good_input_prints_the_joints(tiny_run, tmp_path, capsys):
     predict.main(["--checkpoint", str(run), "--depth", str(depth_file(tmp_path, data)), "--center", centre_of(data)])
     out = capsys.readouterr().out
     assert len(re.findall(r"^thumb_tip\s+(-?\d+\.\d+\s+){6}$", out, re.M)) == 1, out
+
+
+def test_predict_states_its_geometry_and_takes_the_port_s_for_a_state_dict(tiny_run, tmp_path, capsys):
+    """A run predicts in its config.json's geometry (one without the field is 'ours'); a PyTorch state_dict in the
+    port's unless --geometry says otherwise; the first output line says which and why."""
+    run, data = tiny_run
+    depth = ["--depth", str(depth_file(tmp_path, data)), "--center", centre_of(data)]
+    assert json.loads((run / "config.json").read_text())["geometry"] == "ours"  # saved with the run
+    predict.main(["--checkpoint", str(run), *depth])
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first == ("geometry: ours (pixels numbered from 0, voxel coordinates floored), the training run's "
+                     "(config.json)"), first
+    torch.manual_seed(0)
+    pth = tmp_path / "port.pth"
+    torch.save(V2VModel(1, cameras.MSRA.num_joints, 4).state_dict(), pth)
+    tables = {}
+    for extra, says in (([], "port (pixels numbered from 1, voxel coordinates truncated toward zero), the PyTorch "
+                             "port's"), (["--geometry", "ours"], "ours (pixels numbered from 0, voxel coordinates "
+                                                                 "floored), given by --geometry")):
+        predict.main(["--torch-checkpoint", str(pth), "--dataset", "msra", "--grid", "16", *extra, *depth])
+        out = capsys.readouterr().out.splitlines()
+        assert out[0].startswith("geometry: " + says), out[0]
+        tables[says[:4]] = out[2:]
+    assert tables["port"] != tables["ours"]  # the same weights see the cloud moved by z/f and predict elsewhere
+    err = fails(predict.main, ["--checkpoint", str(run), "--geometry", "port", *depth], capsys)
+    assert "--geometry: a training run predicts in the geometry it was trained in" in err
+
+
+def test_an_old_config_reads_as_our_geometry_and_a_bad_one_is_named(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["geometry"]
+    (old / "config.json").write_text(json.dumps(config))
+    assert predict.load_run(old)[0].geometry == "ours"
+    config["geometry"] = "sideways"
+    (old / "config.json").write_text(json.dumps(config))
+    err = fails(predict.main, ["--checkpoint", str(old), "--result-file", str(tmp_path / "r.txt")], capsys)
+    assert "config.json: not a training configuration (unknown geometry 'sideways'" in err, err
 
 
 def nan_pixels(depth):

@@ -37,6 +37,7 @@ class Config:
     cube_mm: float | None = None     # None: the data set's cube size
     augment: bool = True
     decode: str = "parabola"         # argmax (the original) | parabola | window_mean | soft_argmax
+    geometry: str = "ours"           # ours | port: the PyTorch port's pixel numbering and voxel rounding
     # Model and numerics.
     width: int = 16                  # channels after the first pooling (the paper: 32)
     dtype: str = "float32"           # float32 | float64 | bfloat16
@@ -86,7 +87,8 @@ PRESETS = {
 CHOICES = {
     "data": DATASET_CHOICES, "dtype": tuple(PRECISIONS), "batchnorm": ("torch", "flax"),
     "init": ("original", "framework"), "optimizer": OPTIMIZERS, "on_nonfinite": ("stop", "skip"),
-    "on_bad_frame": ("error", "skip"), "decode": ("argmax", "parabola", "window_mean", "soft_argmax"), "preset": tuple(PRESETS), "itop_view": ("side", "top"),
+    "on_bad_frame": ("error", "skip"), "decode": ("argmax", "parabola", "window_mean", "soft_argmax"),
+    "geometry": ("ours", "port"), "preset": tuple(PRESETS), "itop_view": ("side", "top"),
 }
 
 

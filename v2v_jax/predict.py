@@ -3,6 +3,10 @@
     python -m v2v_jax.predict --checkpoint runs/default --depth P4/1/000000_depth.bin --center 10,-5,300 [--png F]
     python -m v2v_jax.predict --checkpoint runs/default --result-file results.txt   (the run's test set)
     python -m v2v_jax.predict --torch-checkpoint port.pth --dataset msra ...       (a PyTorch-port state_dict)
+
+A training run predicts in the geometry it was trained in (its config.json); a PyTorch-port state_dict in the
+port's ('port': pixels numbered from 1, voxel coordinates truncated; docs/conventions.md) unless --geometry says
+otherwise. The first line of the output names the geometry and why.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from v2v_jax import convert, metrics
 from v2v_jax.config import Config, Parser
 from v2v_jax.data import cameras
 from v2v_jax.data.base import DataError, check_depth, points_in_cube
+from v2v_jax.data.cameras import world_to_pixel
 from v2v_jax.data.images import read_png_nyu, read_png_uint16
 from v2v_jax.data.loader import batches
 from v2v_jax.data.msra import read_depth_bin
-from v2v_jax.data.cameras import world_to_pixel
+from v2v_jax.geometry import geometry_of
 from v2v_jax.train.checkpoint import Checkpointer
 from v2v_jax.train.datasets import open_datasets, spec_for
 from v2v_jax.train.loop import build_model, geometry_config
@@ -93,6 +98,7 @@ def load_run(run_dir: Path, step: int | None = None):
         raise DataError(f"{config_path}: no training run here (config.json missing)")
     try:
         cfg = Config.from_json(config_path.read_text())
+        geometry_of(cfg.geometry)
     except (ValueError, TypeError) as e:
         raise DataError(f"{config_path}: not a training configuration ({e})") from None
     configure_runtime(cfg)
@@ -155,6 +161,8 @@ def main(argv=None):
     p.add_argument("--step", type=int, help="checkpoint step (default: newest that verifies)")
     p.add_argument("--dataset", choices=sorted(cameras.DATASETS), help="camera/cube of the input (torch checkpoint)")
     p.add_argument("--grid", type=int, default=88, help="input grid of a torch checkpoint (default 88)")
+    p.add_argument("--geometry", choices=("ours", "port"),
+                   help="pixel numbering and voxel rounding of a torch checkpoint (default port, the port's)")
     p.add_argument("--depth", type=Path, help="depth map: MSRA .bin, 16-bit PNG, or .npy (mm)")
     p.add_argument("--center", type=parse_center, help="reference centre x,y,z in world mm")
     p.add_argument("--png", type=Path, help="save the prediction drawn on the depth map")
@@ -162,6 +170,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.torch_checkpoint and not args.dataset:
         p.error("--torch-checkpoint needs --dataset")
+    if args.checkpoint and args.geometry:
+        p.error("--geometry: a training run predicts in the geometry it was trained in (its config.json)")
     if args.depth and args.center is None:
         p.error("--depth needs --center x,y,z")
     try:
@@ -171,24 +181,36 @@ def main(argv=None):
         raise SystemExit(2) from None
 
 
+def describe_geometry(name: str) -> str:
+    pixel_origin, truncate = geometry_of(name)
+    return (f"{name} (pixels numbered from {pixel_origin}, voxel coordinates "
+            f"{'truncated toward zero' if truncate else 'floored'})")
+
+
 def run(args) -> None:
     if args.checkpoint:
         cfg, eval_step, variables, spec = load_run(args.checkpoint, args.step)
+        why = "the training run's (config.json)"
     else:
-        cfg = Config(data=args.dataset, grid=args.grid, augment=False)
+        cfg = Config(data=args.dataset, grid=args.grid, augment=False, geometry=args.geometry or "port")
         cfg, eval_step, variables, spec = load_torch(args.torch_checkpoint, cfg)
+        why = ("given by --geometry" if args.geometry else
+               "the PyTorch port's, which trains the weights of a .pth state_dict; --geometry ours for weights "
+               "trained in this project's geometry")
+    print(f"geometry: {describe_geometry(cfg.geometry)}, {why}")
     if args.result_file:
         result = write_results(eval_step, variables, cfg, args.result_file)
         print(f"wrote {args.result_file}; mean error {result['mean_error_mm']:.2f} mm")
     if args.depth:
         depth = read_depth_file(args.depth, spec)
         cube_mm = cfg.cube_mm or spec.cube_mm
-        if not points_in_cube(depth, args.center, spec, cube_mm, enough=1):
+        pixel_origin = geometry_of(cfg.geometry).pixel_origin
+        if not points_in_cube(depth, args.center, spec, cube_mm, enough=1, pixel_origin=pixel_origin):
             raise DataError(f"{args.depth}: no depth point falls inside the {cube_mm:g} mm cube around --center "
                             f"{args.center.tolist()}: the input grid would be empty (is the centre in mm, in the "
                             f"{spec.name} camera's axes?)")
         joints = predict_one(eval_step, variables, spec, depth, args.center)
-        uvd = world_to_pixel(joints, spec)
+        uvd = world_to_pixel(joints, spec, pixel_origin)  # columns and rows of --depth
         print(f"{'joint':<14} {'x':>9} {'y':>9} {'z':>9} {'u':>8} {'v':>8} {'d':>8}")
         for name, xyz, p_uvd in zip(spec.joint_names, joints, uvd):
             print(f"{name:<14} {xyz[0]:9.2f} {xyz[1]:9.2f} {xyz[2]:9.2f} {p_uvd[0]:8.2f} {p_uvd[1]:8.2f} "

@@ -6,7 +6,9 @@ It is independent of the product's trainer: its options, the opening of the data
 are its own, and it takes from `v2v_jax` only the data-file readers and the frame order of an epoch (the list is in
 tests/test_import_graph.py), so that a bug in the product's trainer cannot hide in both sides of a cross-check.
 It writes a port-format state_dict (`model.pth`) that `python -m v2v_jax.predict --torch-checkpoint` evaluates in
-JAX, and its options as `options.json`, beside it.
+JAX, and its options as `options.json`, beside it. So its default geometry is the port's (pixels numbered from 1,
+voxel coordinates truncated; docs/conventions.md), the one `predict` assumes for a state_dict; `--geometry ours`
+trains in train.py's.
 """
 
 from __future__ import annotations
@@ -35,6 +37,12 @@ SYNTH_FOLDER = Path("data/synth")   # where train.py writes each synthetic set, 
 OVERFIT_STEPS_PER_EPOCH = 50        # --overfit repeats its samples so that an epoch spans about this many steps
 WITHIN_MM = (10, 20, 40)            # the report's thresholds on a frame's worst joint error
 STEADY_AFTER = 5                    # steps (warm-up, first DataLoader fill) left out of the reported speed
+GEOMETRY_WHY = {  # the line that names the geometry of a run, and why
+    "port": "the PyTorch port's (pixels numbered from 1, voxel coordinates truncated), the one predict "
+            "--torch-checkpoint assumes for a state_dict like model.pth",
+    "ours": "train.py's (pixels numbered from 0, voxel coordinates floored); give predict --torch-checkpoint "
+            "--geometry ours for this model.pth",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +61,7 @@ class Options:
     grid: int = 24
     cube_mm: float | None = None
     augment: bool = True
+    geometry: str = "port"  # the geometry of port-format state_dicts; train.py's default is "ours"
     width: int = 16
     dtype: str = "float32"
     init: str = "original"
@@ -129,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--grid", type=_grid, help="input grid N (N^3 voxels; heatmaps (N/2)^3)")
     add("--cube-mm", type=_positive, help="cube edge in mm (default: the data set's)")
     add("--augment", type=_switch, nargs="?", const=True)
+    add("--geometry", choices=tuple(GEOMETRY_WHY), help="pixel numbering and voxel rounding (default port)")
     add("--width", type=_integer(2))
     add("--dtype", choices=("float32", "float64"))
     add("--init", choices=("original", "framework"))
@@ -230,10 +240,11 @@ def sample_augmentation(rng: np.random.Generator) -> dict:
 class VoxelDataset(torch.utils.data.Dataset):
     """Frames -> (voxels (1,N,N,N), heatmaps (J,M,M,M), centre, joints) in float32, one sample at a time."""
 
-    def __init__(self, frames, spec: DatasetSpec, cube_mm: float, grid: int, seed: int, epoch: int, augment: bool):
-        self.frames, self.spec, self.augment = frames, spec, augment
+    def __init__(self, frames, spec: DatasetSpec, cube_mm: float, grid: int, seed: int, epoch: int, augment: bool,
+                 geometry: str):
+        self.frames, self.spec, self.augment, self.geometry = frames, spec, augment, geometry
         self.seed, self.epoch = seed, epoch
-        self.voxelize = geometry_ref.V2VVoxelization(cube_mm, grid)
+        self.voxelize = geometry_ref.V2VVoxelization(cube_mm, grid, geometry=geometry)
 
     def __len__(self):
         return len(self.frames)
@@ -242,8 +253,8 @@ class VoxelDataset(torch.utils.data.Dataset):
         frame = self.frames[i]
         rng = np.random.default_rng((self.seed, self.epoch, i))
         aug = sample_augmentation(rng) if self.augment else {}
-        sample = {"points": geometry_ref.depth_to_points(frame.depth, self.spec), "keypoints": frame.joints,
-                  "refpoint": frame.center.astype(np.float64)}
+        sample = {"points": geometry_ref.depth_to_points(frame.depth, self.spec, self.geometry),
+                  "keypoints": frame.joints, "refpoint": frame.center.astype(np.float64)}
         voxels, heatmaps = self.voxelize(sample, **aug)
         return (voxels.astype(np.float32), heatmaps.astype(np.float32), frame.center.astype(np.float32),
                 frame.joints.astype(np.float32))
@@ -252,7 +263,8 @@ class VoxelDataset(torch.utils.data.Dataset):
 def loader(frames, opts: Options, spec: DatasetSpec, epoch: int, train: bool):
     """One epoch of batches in the frame order the JAX trainer uses (v2v_jax.data.loader.epoch_order)."""
     augment = train and opts.augment and not opts.overfit
-    data = VoxelDataset(frames, spec, opts.cube_mm or spec.cube_mm, opts.grid, opts.seed, epoch, augment)
+    data = VoxelDataset(frames, spec, opts.cube_mm or spec.cube_mm, opts.grid, opts.seed, epoch, augment,
+                        opts.geometry)
     order = epoch_order(len(frames), seed=opts.seed, epoch=epoch, shuffle=train)
     return torch.utils.data.DataLoader(data, batch_size=opts.batch_size, sampler=order.tolist(),
                                        num_workers=opts.num_workers, drop_last=train)
@@ -312,6 +324,7 @@ def train(opts: Options) -> np.ndarray:
         raise SystemExit(f"data: {err}") from None
     model = V2VModel(1, spec.num_joints, opts.width, init=opts.init).to(device=device, dtype=dtype)
     optimizer = make_optimizer(model.parameters(), opts.optimizer, opts.lr)
+    print(f"geometry: {opts.geometry}, {GEOMETRY_WHY[opts.geometry]}")
     run_dir = Path(opts.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "options.json").write_text(json.dumps(dataclasses.asdict(opts), indent=1) + "\n")

@@ -203,10 +203,11 @@ def check_depth(depth: np.ndarray, path, shape: tuple[int, int]) -> np.ndarray:
 
 
 def points_in_cube(depth: np.ndarray, center: np.ndarray, spec: cameras.DatasetSpec, cube_mm: float,
-                   enough: int | None = None) -> int:
+                   enough: int | None = None, pixel_origin: int = 0) -> int:
     """How many points of `depth` voxelisation (v2v_jax/geometry.py) keeps: zero depth at the background,
-    pixel -> world, then r - C/2 <= p < r + C/2 on every axis (float64, so up to rounding at the faces). With
-    `enough`, counting may stop once that many are found. NumPy, so that loader workers stay JAX-free."""
+    pixel -> world, then r - C/2 <= p < r + C/2 on every axis (float64, so up to rounding at the faces; the 'port'
+    geometry's truncation also keeps the sliver of a voxel below the lower faces). With `enough`, counting may stop
+    once that many are found. NumPy, so that loader workers stay JAX-free."""
     low, high = np.asarray(center, np.float64) - cube_mm / 2, np.asarray(center, np.float64) + cube_mm / 2
     candidates = (depth >= low[2] - 1) & (depth < high[2] + 1)  # float32 compare, widened; exact test below
     if spec.background_mm is not None and low[2] <= spec.background_mm < high[2]:
@@ -220,7 +221,7 @@ def points_in_cube(depth: np.ndarray, center: np.ndarray, spec: cameras.DatasetS
         z = depth.reshape(-1)[part].astype(np.float64)
         if spec.background_mm is not None:
             z[z == 0] = spec.background_mm
-        x, y, _ = cameras.pixel_to_world_xyz(cols, rows, z, spec)
+        x, y, _ = cameras.pixel_to_world_xyz(cols, rows, z, spec, pixel_origin)
         found += int(((z >= low[2]) & (z < high[2]) & (x >= low[0]) & (x < high[0]) & (y >= low[1])
                       & (y < high[1])).sum())
         if enough is not None and found >= enough:

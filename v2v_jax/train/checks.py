@@ -50,7 +50,7 @@ def report_initial_loss(state, train_def, batch, geo, width: int) -> dict[str, f
     stays at the floor means the network is too narrow for its joints (`output_layer_floor`).
     """
     voxels, coords = geometry.encode_batch(batch["depth"], batch["center"], batch["joints"], None, geo.spec,
-                                           geo.grid, geo.cube_mm)
+                                           geo.grid, geo.cube_mm, geometry=geo.geometry)
     model = nnx.merge(train_def, state.params, jax.tree.map(jnp.copy, state.batch_stats))  # stats stay untouched
     pred = model(voxels)
     dtype = jnp.promote_types(pred.dtype, jnp.float32)  # as heatmap_mse: float64 runs keep float64 targets

@@ -63,7 +63,7 @@ def build_model(cfg: Config, num_joints: int) -> V2VModel:
 
 def geometry_config(cfg: Config, spec) -> GeometryConfig:
     return GeometryConfig(spec, cfg.grid, cfg.cube_mm or spec.cube_mm, augment=cfg.augment and not cfg.overfit,
-                          decode=cfg.decode)
+                          decode=cfg.decode, geometry=cfg.geometry)
 
 
 @dataclasses.dataclass

@@ -54,13 +54,15 @@ def save_run_figures(run_dir: Path, log: list[dict], final: dict, test_set, geo,
         frame = test_set[int(i)]
         pred, gt = final["pred"][i], final["gt"][i]
         voxels, coords = geometry.encode_sample(jnp.asarray(frame.depth), jnp.asarray(frame.center),
-                                                jnp.asarray(gt), None, spec, geo.grid, geo.cube_mm)
+                                                jnp.asarray(gt), None, spec, geo.grid, geo.cube_mm,
+                                                geometry=geo.geometry)
         pred_coords = geometry.world_to_grid(jnp.asarray(pred), jnp.asarray(frame.center), geo.cube_mm, geo.grid)
         vis.plot_volume_projections(run_dir / f"sample_{i}_voxels.png", np.asarray(voxels[..., 0]),
                                     joints=np.asarray(coords), decoded=np.asarray(pred_coords), edges=edges,
                                     title=f"{frame.frame_id}: true (blue) and predicted (red) joints, grid units")
-        vis.plot_depth_skeleton(frame.depth, {"true": world_to_pixel(gt, spec)[:, :2],
-                                              "predicted": world_to_pixel(pred, spec)[:, :2]},
+        origin = geometry.geometry_of(geo.geometry).pixel_origin
+        vis.plot_depth_skeleton(frame.depth, {"true": world_to_pixel(gt, spec, origin)[:, :2],
+                                              "predicted": world_to_pixel(pred, spec, origin)[:, :2]},
                                 edges, path=run_dir / f"sample_{i}_depth.png", title=frame.frame_id)
 
 

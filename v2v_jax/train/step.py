@@ -31,6 +31,7 @@ class GeometryConfig:
     cube_mm: float
     augment: bool = True
     decode: str = "argmax"
+    geometry: str = "ours"  # pixel numbering and voxel rounding (geometry.GEOMETRIES)
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -99,7 +100,7 @@ def make_train_step(train_def, tx, geo: GeometryConfig, **update_options) -> Cal
     def train_step(state: TrainState, batch):
         key = jax.random.fold_in(state.key, state.step) if geo.augment else None
         voxels, coords = geometry.encode_batch(batch["depth"], batch["center"], batch["joints"], key, geo.spec,
-                                               geo.grid, geo.cube_mm)
+                                               geo.grid, geo.cube_mm, geometry=geo.geometry)
         return update(state, voxels, coords)
 
     return jax.jit(train_step, donate_argnums=0)
@@ -110,7 +111,7 @@ def make_eval_step(eval_def, geo: GeometryConfig) -> Callable:
 
     def eval_step(params, batch_stats, batch):
         voxels, coords = geometry.encode_batch(batch["depth"], batch["center"], batch["joints"], None, geo.spec,
-                                               geo.grid, geo.cube_mm)
+                                               geo.grid, geo.cube_mm, geometry=geo.geometry)
         model = nnx.merge(eval_def, params, batch_stats, copy=True)
         heatmaps = model(voxels)
         joints = geometry.decode_heatmaps(heatmaps, batch["center"], geo.cube_mm, geo.grid, method=geo.decode)
