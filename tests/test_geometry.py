@@ -1,5 +1,5 @@
 """The JAX geometry against the NumPy reference (v2v_torch_ref.geometry_ref) and its properties (the conventions
-in v2v_jax/geometry.py's docstring).
+of docs/conventions.md; the port's geometry is tests/test_geometry_port.py).
 
 float32 results are compared with the float64 reference; where a tolerance is needed it is derived beside the test.
 u = 2^-24 is the unit roundoff of float32.

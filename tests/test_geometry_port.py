@@ -1,9 +1,7 @@
 """The 'port' geometry against the public PyTorch port's formulas (dragonbook/V2V-PoseNet-pytorch), and against ours.
 
-The port's pipeline is transcribed below from datasets/msra_hand.py (`pixel2world`, `depthmap2points`, the
-background of `load_depthmap`) and src/v2v_util.py (`generate_coord`, `scattering`), one step per line, in float64.
-(The port stores its points in float32; that rounding is the port's precision, not its formula, and is checked
-apart in `test_float32_product_matches_the_port_up_to_face_ties`.)
+The port's pipeline is transcribed step by step in `v2v_torch_ref.port_pipeline` (float64; the port's float32 storage
+of its points is checked apart in `test_float32_product_matches_the_port_up_to_face_ties`).
 
 No depth map ships with the repository's reference data, so the real-data test renders depth maps of real hand
 poses: the NYU test set's ground-truth joints (shared/data/eval/nyu_gt.txt), spheres on the joints and bones, seen by
@@ -17,58 +15,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from v2v_jax import geometry, vis
+from v2v_jax import geometry, metrics, vis
 from v2v_jax.data import cameras, render
 from v2v_torch_ref import geometry_ref as ref
+from v2v_torch_ref.port_pipeline import N, PORT_FRAME, port_coord, port_points, port_scatter, port_voxels
 
-N = 88
-PORT_FRAME = 96  # the port's `original_size`: it augments inside a 96^3 frame and crops the 88^3 grid out of it
 EVAL_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "eval"
 
 encode = jax.jit(geometry.encode_batch, static_argnames=("spec", "grid_size", "cube_mm", "geometry"))
-
-
-# --- the port's formulas ---------------------------------------------------------------------------------------
-
-def port_points(depth, spec, background):
-    """Pixels numbered from 1 on both axes, centred on w/2 and h/2; y up (the port's only data set is MSRA)."""
-    depth = np.where(depth == 0, background, depth).astype(np.float64)
-    h, w = depth.shape
-    col, row = np.meshgrid(np.arange(w) + 1, np.arange(h) + 1)
-    x = (col - w / 2) * depth / spec.fx
-    y = (h / 2 - row) * depth / spec.fy
-    return np.stack([x, y, depth], axis=-1).reshape(-1, 3)
-
-
-def port_coord(points, refpoint, cubic_size, new_size=100.0, angle=0.0, trans=None):
-    """World mm -> coordinates of the 88^3 grid; `trans` None is the port's test mode, (96 - 88) / 2 = 4."""
-    trans = (PORT_FRAME - N) / 2 if trans is None else np.asarray(trans, np.float64)
-    coord = (np.asarray(points, np.float64) - refpoint) / (cubic_size / 2)  # [-1, 1]
-    coord = (coord + 1) / (2 / N)                                           # [0, 88]
-    coord = coord + (PORT_FRAME / 2 - N / 2)                                # into the 96^3 frame
-    scale = new_size / 100
-    if new_size < 100:
-        coord = coord * scale + PORT_FRAME / 2 * (1 - scale)
-    elif new_size > 100:
-        coord = coord * scale - PORT_FRAME / 2 * (scale - 1)
-    if angle != 0:
-        x, y = coord[:, 0] - PORT_FRAME / 2, coord[:, 1] - PORT_FRAME / 2
-        coord = coord.copy()
-        coord[:, 0] = x * np.cos(angle) - y * np.sin(angle) + PORT_FRAME / 2
-        coord[:, 1] = x * np.sin(angle) + y * np.cos(angle) + PORT_FRAME / 2
-    return coord - trans
-
-
-def port_scatter(coord):
-    index = coord.astype(np.int32)  # truncation toward zero
-    keep = np.all((index >= 0) & (index < N), axis=1)
-    cubic = np.zeros((N, N, N))
-    cubic[tuple(index[keep].T)] = 1
-    return cubic
-
-
-def port_voxels(depth, spec, refpoint, cube_mm, **aug):
-    return port_scatter(port_coord(port_points(depth, spec, spec.background_mm), refpoint, cube_mm, **aug))
 
 
 # --- scenes ----------------------------------------------------------------------------------------------------
@@ -80,21 +34,14 @@ def toy_scene(seed, spec=cameras.MSRA):
 
 
 def nyu_scenes(count: int):
-    """Depth maps (count, 480, 640) of real NYU test poses and their joint means: spheres of 12 mm on the 14 joints
-    and of 9 mm every 5 mm along the skeleton's bones, rendered with NYU's camera."""
+    """Depth maps (count, 480, 640) of real NYU test poses (frames 0, 500, 1000, ...) and their joint means: the
+    oracle's stick hands on the ground-truth joints, rendered with NYU's camera."""
     gt = EVAL_DIR / "nyu_gt.txt"
     if not gt.is_file():
-        pytest.skip(f"real NYU ground truth not found at shared/data/eval/nyu_gt.txt beside the repository")
-    with gt.open() as f:
-        lines = [next(f) for _ in range(count * 500)][::500]  # frames 0, 500, 1000, ...
-    uvd = np.array([line.split() for line in lines], np.float64).reshape(count, -1, 3)
-    joints = cameras.pixel_to_world(uvd, cameras.EVAL_INTRINSICS["nyu"])
-    along = np.linspace(0, 1, 12)[1:-1]
-    edges = np.array(vis.SKELETONS["nyu"])
-    bones = joints[:, edges[:, 0], None] + along[:, None] * (joints[:, edges[:, 1], None] - joints[:, edges[:, 0], None])
-    centres = np.concatenate([joints, bones.reshape(count, -1, 3)], axis=1)
-    radii = np.concatenate([np.full(joints.shape[1], 12.0), np.full(bones.shape[1] * bones.shape[2], 9.0)])
-    depth, _ = render.render_spheres(centres, radii, cameras.NYU)
+        pytest.skip("real NYU ground truth not found at shared/data/eval/nyu_gt.txt beside the repository")
+    joints = metrics.read_world(gt, "nyu")[::500][:count]
+    hands = [ref.stick_hand(j, vis.SKELETONS["nyu"]) for j in joints]
+    depth, _ = render.render_spheres(np.stack([c for c, _ in hands]), hands[0][1], cameras.NYU)
     return depth, joints.mean(axis=1)
 
 

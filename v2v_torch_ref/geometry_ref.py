@@ -179,3 +179,14 @@ def toy_hand(wrist, rng: np.random.Generator, num_fingers: int = 5):
             centres.append(base + a * direction)
             radii.append(9.0 - 3 * a / along[-1])
     return np.array(centres), np.array(radii), np.array(joints)
+
+
+def stick_hand(joints, edges, joint_radius: float = 12.0, bone_radius: float = 9.0, spacing: int = 10):
+    """Spheres standing for a hand at given joints (J, 3): one on each joint, and `spacing` - 1 along each bone
+    (a, b) of `edges`; returns sphere centres and radii."""
+    joints, edges = np.asarray(joints, np.float64), np.asarray(edges)
+    along = np.linspace(0, 1, spacing + 1)[1:-1, None]
+    bones = [joints[a] + along * (joints[b] - joints[a]) for a, b in edges]
+    centres = np.concatenate([joints, *bones])
+    return centres, np.concatenate([np.full(len(joints), joint_radius), np.full(len(centres) - len(joints),
+                                                                                bone_radius)])
