@@ -112,9 +112,14 @@ def reference_weights(config: Config) -> dict[str, np.ndarray]:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         model = tmodel.V2VModel(1, config.joints, config.width)
-    weights = {k: v.numpy() for k, v in model.state_dict().items()}
-    return {k: np.zeros_like(v, np.float64) if k.endswith(("running_mean", "running_var")) else
-            (v if v.dtype.kind == "i" else _float32(v)) for k, v in weights.items()}
+    return train_mode_weights({k: v.numpy() for k, v in model.state_dict().items()})
+
+
+def train_mode_weights(weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A state_dict as float64 arrays with zero BN running statistics (a checkpoint's are unused in train mode)."""
+    return {k: np.zeros(np.shape(v)) if k.endswith(("running_mean", "running_var")) else
+            (np.asarray(v) if np.asarray(v).dtype.kind in "iu" else np.asarray(v, np.float64))
+            for k, v in weights.items()}
 
 
 def make_inputs(config: Config, weights: Mapping[str, np.ndarray] | None = None) -> Inputs:
@@ -122,7 +127,7 @@ def make_inputs(config: Config, weights: Mapping[str, np.ndarray] | None = None)
     n, m = config.grid, config.grid // 2
     x = (rng.random((config.batch, 1, n, n, n)) < config.density).astype(np.float64)
     target = _float32(rng.random((config.batch, config.joints, m, m, m)))  # in [0, 1) like heatmaps
-    return Inputs(reference_weights(config) if weights is None else dict(weights), x, target)
+    return Inputs(reference_weights(config) if weights is None else train_mode_weights(weights), x, target)
 
 
 # ------------------------------------------------------------------------------------------------------ runs
@@ -172,8 +177,9 @@ def torch_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(y, target.to(y.dtype))
 
 
-def torch_trace(config: Config, inputs: Inputs, dtype: str) -> Trace:
-    """`config.steps` RMSprop steps of the PyTorch V2V in `dtype` (bfloat16: autocast on float32 parameters)."""
+def torch_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) -> Trace:
+    """`config.steps` RMSprop steps of the PyTorch V2V in `dtype` (bfloat16: autocast on float32 parameters);
+    `fresh` is JAX's concern (eager PyTorch runs whatever code is current)."""
     device = torch.device("cuda" if config.device == "gpu" else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device gpu: torch sees no CUDA device")
@@ -231,8 +237,14 @@ def _jax_device(kind: str):
         raise ValueError(f"device {kind}: JAX sees none ({e})") from e
 
 
-def jax_trace(config: Config, inputs: Inputs, dtype: str) -> Trace:
-    """`config.steps` RMSprop steps of the Flax V2V in `dtype` (bfloat16 computes on float32 parameters)."""
+_SHARED_STEP = nnx.jit(_jax_step)  # for unpatched runs: compiled once per shape and precision
+
+
+def jax_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) -> Trace:
+    """`config.steps` RMSprop steps of the Flax V2V in `dtype` (bfloat16 computes on float32 parameters).
+
+    fresh: trace and compile a new step function, so that code patched now is what runs (not a cached trace).
+    """
     x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
     precision = "default" if config.tf32 else "highest"
     with x64, jax.default_device(_jax_device(config.device)), jax.default_matmul_precision(precision):
@@ -243,7 +255,7 @@ def jax_trace(config: Config, inputs: Inputs, dtype: str) -> Trace:
                                       source="reference weights")
         model.train()
         optimizer = nnx.Optimizer(model, jax_optimizer("rmsprop", LR), wrt=nnx.Param)
-        step = nnx.jit(_jax_step)  # a new jit per run: a patch applied now must be traced, not a cached trace
+        step = nnx.jit(_jax_step) if fresh else _SHARED_STEP
         x, target = (jnp.asarray(to_jax_layout(a), param) for a in (inputs.x, inputs.target))
         losses, first = [], None
         for i in range(config.steps):
@@ -266,18 +278,20 @@ TRACERS = {V.JAX: jax_trace, V.TORCH: torch_trace}
 
 @functools.lru_cache(maxsize=8)
 def _cached_trace(framework: str, config: Config, dtype: str) -> Trace:
-    return TRACERS[framework](config, make_inputs(config), dtype)
+    return TRACERS[framework](config, make_inputs(config), dtype, fresh=False)
 
 
 def traces(framework: str, config: Config, patch: Callable, inputs: Inputs | None) -> dict[str, Trace]:
     """{'float64': ..., 'low': ...} of one framework; cached when unpatched and on the reference weights."""
     dtypes = {"float64": "float64", "low": config.dtype}
-    if patch is contextlib.nullcontext and inputs is None:
+    unpatched = patch is contextlib.nullcontext
+    if unpatched and inputs is None:
         return {name: _cached_trace(framework, config, d) for name, d in dtypes.items()}
     inputs = inputs or make_inputs(config)
     with patch():
-        runs = {"float64": TRACERS[framework](config, inputs, "float64")}
-        runs["low"] = runs["float64"] if config.dtype == "float64" else TRACERS[framework](config, inputs, config.dtype)
+        run = functools.partial(TRACERS[framework], config, inputs, fresh=not unpatched)
+        runs = {"float64": run("float64")}
+        runs["low"] = runs["float64"] if config.dtype == "float64" else run(config.dtype)
     return runs
 
 
@@ -293,8 +307,8 @@ def _layers(keys) -> dict[str, list[str]]:
 
 def _dead_bias(key: str, trace: Trace) -> bool:
     """The bias of a conv that feeds a train-mode BatchNorm: BN removes it, so its exact gradient is 0."""
-    layer, name = key.rsplit(".", 1)
-    prefix, index = layer.rsplit(".", 1)
+    layer, _, name = key.rpartition(".")
+    prefix, _, index = layer.rpartition(".")
     return name == "bias" and index.isdigit() and f"{prefix}.{int(index) + 1}.running_var" in trace.trained
 
 
@@ -420,46 +434,45 @@ def amplification(jax_runs, torch_runs, x: np.ndarray, dtype: str) -> dict[str, 
     return out
 
 
-def _localise(block: str, framework: str | None, inputs: Inputs, dtype: str) -> tuple[str | None, str | None]:
-    """(op, framework) from the op-level localiser, when it is there (parity_tests/ops.py)."""
-    try:
-        from parity_tests import ops  # noqa: PLC0415 - optional until it lands
-    except ImportError:
-        return None, framework
-    del ops, block, inputs, dtype  # the call lands with ops.py
-    return None, framework
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """Where the first divergence lies, before the op-level localiser looks inside the block."""
+
+    block: str
+    quantity: str
+    framework: str | None  # from the rounding verdict; None for a float64 disagreement
+    float64: bool
 
 
-def first_divergence(rows: list[TensorRow], amp: dict[str, dict[str, float]], config: Config,
-                     inputs: Inputs) -> Divergence | None:
-    """Where the frameworks first part, in words.
+def first_site(rows: list[TensorRow], amp: dict[str, dict[str, float]]) -> Site | None:
+    """Where the frameworks first part.
 
     A float64 disagreement is a bug whatever the low precision does: the first block whose float64 output
     disagrees while its inputs agree (forward), else the disagreeing gradient nearest the output (the first the
     backward pass meets), else the first disagreeing statistic or trained parameter. A low-precision deviation:
     the first block, in execution order, where one framework's amplification of its input error exceeds the
     other's by the rule's multiplier (so a block downstream of the culprit, which only carries its error along,
-    is not blamed); else, for deviations that do not show in the forward pass, the deviating tensor nearest the
-    output among the gradients, then the first among the rest.
+    is not blamed); else, for deviations that do not show in the forward pass, the deviating gradient nearest the
+    output, then the first among the rest.
     """
     bad64 = [r for r in rows if not r.float64_ok]
     if bad64:
         forward = {r.block for r in bad64 if r.quantity == "activation"}
         for block in SOURCES:
             if block in forward and not forward & set(SOURCES[block]):
-                return _divergence(block, None, "activation", config, inputs, float64=True)
+                return Site(block, "activation", None, True)
         row = _backward_first(bad64) or bad64[0]
-        return _divergence(row.block, None, row.quantity, config, inputs, float64=True)
+        return Site(row.block, row.quantity, None, True)
     m = V.RULE.multiplier
     for block, a in amp.items():
         for fw, other in ((V.JAX, V.TORCH), (V.TORCH, V.JAX)):
             if a[fw] > m * a[other] and any(r.block == block and r.verdict == V.deviates(fw) for r in rows):
-                return _divergence(block, fw, "activation", config, inputs, float64=False)
+                return Site(block, "activation", fw, False)
     bad = [r for r in rows if r.verdict != V.WITHIN]
     if not bad:
         return None
     row = _backward_first(bad) or bad[0]
-    return _divergence(row.block, row.verdict.removesuffix(" deviates"), row.quantity, config, inputs, float64=False)
+    return Site(row.block, row.quantity, row.verdict.removesuffix(" deviates"), False)
 
 
 def _backward_first(rows: list[TensorRow]) -> TensorRow | None:
@@ -467,17 +480,31 @@ def _backward_first(rows: list[TensorRow]) -> TensorRow | None:
     return grads[-1] if grads else None  # rows are in execution order; the backward pass meets the last first
 
 
-def _divergence(block, framework, quantity, config, inputs, *, float64: bool) -> Divergence:
-    op, framework = _localise(block, framework, inputs, "float64" if float64 else config.dtype)
+def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, torch_patch: Callable) -> Divergence:
+    """The site named in words, with the op inside its block from `parity_tests.ops.localise_op` (fed the
+    float64 truth of the block's input and output cotangent), when that module is there."""
+    dtype = "float64" if site.float64 else config.dtype
+    op, framework = None, site.framework
+    try:
+        from parity_tests import ops  # noqa: PLC0415 - the op-level localiser, optional
+    except ImportError:
+        ops = None
+    if ops is not None and site.block != INPUT and dtype in ops.UNIT_ROUNDOFF:
+        truth = ops.truth_from_torch(inputs.weights, inputs.x, inputs.target, site.block)
+        found = ops.localise_op(site.block, inputs.weights, truth.x, truth.cotangent, dtype, target=inputs.target,
+                                jax_patch=jax_patch, torch_patch=torch_patch, seed=config.seed, conv=config.conv,
+                                upsample=config.upsample)
+        if found is not None:
+            op, framework = f"{found.op} ({found.kind})", found.framework
     who = framework or "JAX or PyTorch (not attributed)"
-    where = f"{block}" + (f", op {op}" if op else "")
-    if float64:
-        words = (f"{who} computes a different function: the float64 runs first disagree at {where} ({quantity}), "
-                 f"beyond float64 rounding")
+    where = site.block + (f", op {op}" if op else "")
+    if site.float64:
+        words = (f"{who} computes a different function: the float64 runs first disagree at {where} "
+                 f"({site.quantity}), beyond float64 rounding")
     else:
         words = (f"{who} rounds worse than the other framework beyond the calibrated band, first at {where} "
-                 f"({quantity}, {config.dtype})")
-    return Divergence(block, op, framework, quantity, words)
+                 f"({site.quantity}, {config.dtype})")
+    return Divergence(site.block, op, framework, site.quantity, words)
 
 
 def overall(rows: list[TensorRow], divergence: Divergence | None) -> str:
@@ -492,17 +519,21 @@ def overall(rows: list[TensorRow], divergence: Divergence | None) -> str:
 
 
 def run_anchored(config: Config, *, jax_patch: Callable = contextlib.nullcontext,
-                 torch_patch: Callable = contextlib.nullcontext,
-                 weights: Mapping[str, np.ndarray] | None = None) -> AnchoredReport:
+                 torch_patch: Callable = contextlib.nullcontext, weights: Mapping[str, np.ndarray] | None = None,
+                 jax_weights: Mapping[str, np.ndarray] | None = None) -> AnchoredReport:
     """The anchored comparison of one configuration (see the module docstring).
 
     `jax_patch` / `torch_patch`: zero-argument context-manager factories entered around each framework's runs.
-    `weights`: a torch-keyed state_dict to use instead of the reference init (e.g. a user's checkpoint).
+    `weights`: a torch-keyed state_dict to use instead of the reference init (e.g. a user's checkpoint);
+    `jax_weights`: JAX's own, where the user has two checkpoints that should hold the same function.
     """
     inputs = make_inputs(config, weights)
-    jax_runs = traces(V.JAX, config, jax_patch, None if weights is None else inputs)
+    jax_inputs = inputs if jax_weights is None else dataclasses.replace(inputs,
+                                                                       weights=train_mode_weights(jax_weights))
+    jax_runs = traces(V.JAX, config, jax_patch, None if weights is None and jax_weights is None else jax_inputs)
     torch_runs = traces(V.TORCH, config, torch_patch, None if weights is None else inputs)
     rows = judge(jax_runs, torch_runs, config)
     amp = amplification(jax_runs, torch_runs, inputs.x, config.rounding)
-    divergence = first_divergence(rows, amp, config, inputs)
+    site = first_site(rows, amp)
+    divergence = None if site is None else localise(site, config, inputs, jax_patch, torch_patch)
     return AnchoredReport(config, rows, overall(rows, divergence), divergence, amp)

@@ -1,18 +1,28 @@
-"""Block-by-block parity report of the PyTorch and the Flax V2V on one sparse binary batch.
+"""The calibrated parity verdict of the PyTorch and the Flax V2V: is a difference a bug, or rounding?
 
-    python -m parity_tests.report --dtype float32 --grid 32 --width 32
-    python -m parity_tests.report --device gpu --tf32 off --channels-last --out docs/results/parity_gpu.md
+    python -m parity_tests.report                             # width 32, 32^3, float32 against float64, CPU
+    python -m parity_tests.report --grid 88 --device gpu --tf32 on --json verdict.json
+    python -m parity_tests.report --torch-checkpoint port.pth --jax-run runs/exp1   # a user's two checkpoints
 
-Prints a markdown table (forward error of every block's output, relative error of the gradients of its own
-parameters, of its BN running statistics after the step, pass/fail) and the first block where the frameworks
-diverge beyond the tolerance of the dtype. Runs unchanged on CPU and GPU.
+Runs both frameworks in float64 and in the chosen precision on the same weights and sparse binary input, three
+RMSprop steps, and judges every compared tensor (each block's output, the input gradient, every layer's parameter
+gradient, BN batch statistics, the loss, parameters and running variances after the steps): "JAX deviates",
+"PyTorch deviates" or "both within rounding" (parity_tests/anchored.py, parity_tests/verdict.py). Prints one line
+per block and quantity (the worst of its layers), the first divergence in words, and exits with status 1 only when
+something deviates (2 for a bad option or file).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
+import json
+import math
 import platform
+import resource
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -20,100 +30,216 @@ import numpy as np
 import torch
 from flax import nnx
 
-from parity_tests.compare import compare_models, first_divergence, format_table, tolerance
+from parity_tests import verdict as V
+from parity_tests.anchored import AnchoredReport, Config, TensorRow, run_anchored
+from v2v_jax import convert
 from v2v_jax.dtypes import PRECISIONS
-from v2v_jax.layers import BATCHNORM_FLAVOURS, CONV_IMPLS, UPSAMPLE_IMPLS, Numerics
-from v2v_jax.model import V2VModel
-from v2v_torch_ref import model as tmodel
+from v2v_jax.formulations import CONV_IMPLS, UPSAMPLE_IMPLS
+from v2v_jax.layers import Numerics
+
+ON_OFF = {"on": True, "off": False}
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=sorted(PRECISIONS), default="float32",
-                   help="compute dtype (bfloat16: JAX computes in bf16 with float32 parameters, torch in float32)")
-    p.add_argument("--tf32", choices=("on", "off"), default="off",
-                   help="TF32 convolutions and matmuls on GPU in both frameworks (no effect on CPU)")
-    p.add_argument("--batchnorm", choices=BATCHNORM_FLAVOURS, default="torch", help="JAX BatchNorm flavour")
-    p.add_argument("--upsample", choices=UPSAMPLE_IMPLS, default=Numerics.upsample)
-    p.add_argument("--conv", choices=CONV_IMPLS, default=Numerics.conv)
-    p.add_argument("--mode", choices=("train", "eval"), default="train", help="BatchNorm mode")
+                   help="the low precision judged against float64 (bfloat16: JAX computes in bf16 on float32 "
+                        "parameters, PyTorch under bf16 autocast; float64: the float64 runs only)")
     p.add_argument("--grid", type=int, default=32, help="input grid N (multiple of 4; V2V uses 88)")
-    p.add_argument("--width", type=int, default=32, help="network width (V2V: 32)")
-    p.add_argument("--joints", type=int, default=21)
+    p.add_argument("--width", type=int, default=32, help="network width (V2V: 32; a checkpoint sets it)")
+    p.add_argument("--joints", type=int, default=21, help="output joints (a checkpoint sets it)")
     p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--steps", type=int, default=3, help="RMSprop steps (the first one's tensors are compared)")
     p.add_argument("--density", type=float, default=0.05, help="fraction of occupied voxels in the input")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
-    p.add_argument("--channels-last", action="store_true",
-                   help="torch model and input in channels_last_3d (cuDNN then uses its persistent BatchNorm)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, help="also write the report to this markdown file")
+    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
+    p.add_argument("--tf32", choices=ON_OFF, default="off", help="TF32 convolutions on a GPU, both frameworks")
+    p.add_argument("--cudnn", choices=ON_OFF, default="on", help="torch.backends.cudnn.enabled")
+    p.add_argument("--channels-last", action="store_true", help="PyTorch model and input in channels_last_3d")
+    p.add_argument("--conv", choices=("auto",) + CONV_IMPLS, default=Numerics.conv, help="JAX conv formulation")
+    p.add_argument("--upsample", choices=UPSAMPLE_IMPLS, default=Numerics.upsample)
+    p.add_argument("--torch-checkpoint", type=Path, metavar="PTH",
+                   help="a PyTorch V2V state_dict (.pth, e.g. the port's): the weights of both frameworks, or of "
+                        "PyTorch only when --jax-run is given too")
+    p.add_argument("--jax-run", type=Path, metavar="DIR",
+                   help="a v2v_jax training run directory: its newest checkpoint's weights for JAX (and for "
+                        "PyTorch too when no --torch-checkpoint is given)")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write every row and the verdict as JSON")
+    p.add_argument("--out", type=Path, metavar="PATH", help="also write the report as markdown")
     args = p.parse_args(argv)
-    if args.grid % 4:
-        p.error(f"--grid {args.grid}: must be a multiple of 4 (two 2x poolings)")
+    for name in ("json", "out"):
+        path = getattr(args, name)
+        if path is not None and not path.parent.is_dir():
+            p.error(f"--{name} {path}: directory {path.parent} does not exist")
+    try:
+        args.weights, args.jax_weights = read_weights(args)
+        args.config = config_from(args)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
-def set_tf32(enabled: bool) -> None:
-    torch.backends.cudnn.allow_tf32 = enabled
-    torch.backends.cuda.matmul.allow_tf32 = enabled
-    jax.config.update("jax_default_matmul_precision", "default" if enabled else "highest")
+def read_jax_run(run_dir: Path) -> dict[str, np.ndarray]:
+    """The newest verified checkpoint of a training run as a torch-keyed state_dict (v2v_jax.predict.load_run)."""
+    from v2v_jax import predict  # noqa: PLC0415 - pulls in the training stack only when asked for
 
-
-def jax_device(kind: str):
     try:
-        return jax.devices(kind)[0]
-    except RuntimeError as e:
-        raise SystemExit(f"--device {kind}: JAX sees no {kind} ({e})") from e
+        cfg, _, (params, batch_stats), spec = predict.load_run(run_dir)
+    except ValueError as e:  # DataError: no run, no usable checkpoint
+        raise ValueError(f"--jax-run {run_dir}: {e}") from None
+    eval_def, _, _ = predict.inference_variables(cfg, spec.num_joints)
+    return _numpy_state(convert.torch_state_dict(nnx.merge(eval_def, params, batch_stats)))
 
 
-def build_models(args):
-    compute, params = PRECISIONS[args.dtype]
-    reference = tmodel.DTYPES["float32" if args.dtype == "bfloat16" else args.dtype]
-    torch.manual_seed(args.seed)
-    torch_model = tmodel.V2VModel(1, args.joints, args.width).to(reference)
-    if args.device == "gpu":
-        if not torch.cuda.is_available():
-            raise SystemExit("--device gpu: torch sees no CUDA device")
-        torch_model = torch_model.cuda()
-    numerics = Numerics(dtype=compute, param_dtype=params, batchnorm=args.batchnorm, upsample=args.upsample,
-                        conv=args.conv)
-    return torch_model, V2VModel(1, args.joints, args.width, numerics=numerics, rngs=nnx.Rngs(args.seed))
+def _numpy_state(state_dict) -> dict[str, np.ndarray]:
+    return {k: v.detach().cpu().numpy() for k, v in state_dict.items()}
 
 
-def sparse_voxels(args) -> np.ndarray:
-    rng = np.random.default_rng(args.seed)
-    return (rng.random((args.batch, 1, args.grid, args.grid, args.grid)) < args.density).astype(np.float64)
+def read_weights(args) -> tuple[dict | None, dict | None]:
+    """(weights of both frameworks, JAX's own where it differs), from the checkpoint options."""
+    torch_weights = jax_weights = None
+    if args.torch_checkpoint is not None:
+        try:
+            torch_weights = _numpy_state(convert.read_torch_checkpoint(args.torch_checkpoint))
+        except ValueError as e:
+            raise ValueError(f"--torch-checkpoint {e}") from None
+        if "output_layer.weight" not in torch_weights:
+            raise ValueError(f"--torch-checkpoint {args.torch_checkpoint}: not a V2V state_dict "
+                             "(no output_layer.weight)")
+    if args.jax_run is not None:
+        jax_weights = read_jax_run(args.jax_run)
+    if torch_weights is None:
+        return jax_weights, None
+    return torch_weights, jax_weights
 
 
-def report(args) -> str:
-    set_tf32(args.tf32 == "on")
-    torch_model, jax_model = build_models(args)
-    memory_format = torch.channels_last_3d if args.channels_last else torch.contiguous_format
-    tol = tolerance(args.dtype, tf32=args.tf32 == "on" and args.device == "gpu")
-    with jax.default_device(jax_device(args.device)):
-        rows = compare_models(torch_model, jax_model, sparse_voxels(args), train=args.mode == "train", tol=tol,
-                              memory_format=memory_format, seed=args.seed)
-    divergence = first_divergence(rows)
-    torch_device = torch.cuda.get_device_name() if args.device == "gpu" else platform.processor() or "cpu"
-    header = (f"V2V parity, torch {torch.__version__} ({torch_device}) vs jax {jax.__version__} "
-              f"({jax_device(args.device).device_kind}); {datetime.date.today()}\n\n"
-              f"dtype {args.dtype}, TF32 {args.tf32}, BN {args.batchnorm} ({args.mode} mode), upsample "
-              f"{args.upsample}, conv {args.conv}, grid {args.grid}^3, width {args.width}, batch {args.batch}, "
-              f"joints {args.joints}, density {args.density}, torch memory format "
-              f"{'channels_last_3d' if args.channels_last else 'contiguous'}, seed {args.seed}\n")
-    verdict = str(divergence) if divergence else f"no divergence beyond {tol:.0e}"
-    return f"{header}\n{format_table(rows)}\n\n{verdict}\n"
+def config_from(args) -> Config:
+    width, joints = args.width, args.joints
+    if args.weights is not None:  # the checkpoint's shape wins
+        joints, width = (int(n) for n in args.weights["output_layer.weight"].shape[:2])
+        if args.jax_weights is not None and args.jax_weights["output_layer.weight"].shape != \
+                args.weights["output_layer.weight"].shape:
+            raise ValueError(f"--torch-checkpoint and --jax-run hold different models (output layers "
+                             f"{args.weights['output_layer.weight'].shape} and "
+                             f"{args.jax_weights['output_layer.weight'].shape})")
+    try:
+        return Config(width=width, grid=args.grid, batch=args.batch, joints=joints, dtype=args.dtype,
+                      device=args.device, tf32=ON_OFF[args.tf32], cudnn=ON_OFF[args.cudnn],
+                      channels_last=args.channels_last, seed=args.seed, steps=args.steps, density=args.density,
+                      conv=args.conv, upsample=args.upsample)
+    except ValueError as e:  # Config names its fields; the user typed options
+        raise ValueError("; ".join(f"--{part}" for part in str(e).split("; "))) from None
 
 
-def main(argv=None):
+# ---------------------------------------------------------------------------------------------------- output
+
+def _worst(rows: list[TensorRow], dtype: str) -> TensorRow:
+    """The row a block's line shows: a deviating one first, else the largest error ratio either way."""
+    def key(r):
+        ratio = V.ratio(r.jax, r.torch, "rel_fro", dtype)
+        return (r.verdict != V.WITHIN, max(ratio, 1 / ratio) if math.isfinite(ratio) else math.inf)
+    return max(rows, key=key)
+
+
+def _quantity(q: str) -> str:
+    return q.split(" after ")[0].split(" over ")[0]
+
+
+def format_table(report: AnchoredReport) -> str:
+    """One line per block and quantity, the worst of its layers."""
+    dtype = report.config.rounding
+    lines = ["| block | quantity | layers | JAX err | PyTorch err | JAX/PyTorch | float64 diff | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str], list[TensorRow]] = {}
+    for r in report.rows:
+        groups.setdefault((r.block, r.quantity), []).append(r)
+    for (block, quantity), rows in groups.items():
+        r = _worst(rows, dtype)
+        lines.append(f"| {block} | {quantity} | {len(rows)} | {r.jax.rel_fro:.2e} | {r.torch.rel_fro:.2e} | "
+                     f"{V.ratio(r.jax, r.torch, 'rel_fro', dtype):.2f} | {r.float64.rel_fro:.1e} | {r.verdict} |")
+    return "\n".join(lines)
+
+
+def tendencies(report: AnchoredReport) -> list[str]:
+    """Where one framework's rounding is consistently worse without leaving the band, in words."""
+    if report.config.dtype == "float64":
+        return []
+    dtype = report.config.rounding
+    by: dict[str, list[float]] = {}
+    for r in report.rows:
+        by.setdefault(_quantity(r.quantity), []).append(V.ratio(r.jax, r.torch, "rel_fro", dtype))
+    out = []
+    for quantity, ratios in by.items():
+        median = float(np.median(ratios))
+        if len(ratios) >= 3 and not 0.5 <= median <= 2:
+            worse, factor = (V.JAX, median) if median > 1 else (V.TORCH, 1 / median)
+            out.append(f"{worse}'s {report.config.dtype} {quantity} errors are {factor:.1f}x the other's "
+                       f"(median over {len(ratios)} tensors)")
+    return out
+
+
+def header(report: AnchoredReport) -> str:
+    c = report.config
+    torch_device = torch.cuda.get_device_name() if c.device == "gpu" else platform.processor() or "cpu"
+    jax_device = jax.devices(c.device)[0].device_kind
+    return (f"V2V calibrated parity, torch {torch.__version__} ({torch_device}) vs jax {jax.__version__} "
+            f"({jax_device}); {datetime.date.today()}\n\n"
+            f"{c.dtype} against float64 truth, TF32 {'on' if c.tf32 else 'off'}, cuDNN "
+            f"{'on' if c.cudnn else 'off'}, grid {c.grid}^3, width {c.width}, batch {c.batch}, joints {c.joints}, "
+            f"{c.steps} RMSprop steps, density {c.density}, conv {c.conv}, upsample {c.upsample}, torch memory "
+            f"format {'channels_last_3d' if c.channels_last else 'contiguous'}, seed {c.seed}\n\n"
+            f"Errors: relative Frobenius norm against the framework's own float64 run; float64 diff: JAX float64 "
+            f"against PyTorch float64. Rule: err <= {V.RULE.multiplier:g} x the other's + {V.RULE.floor:g} u "
+            f"(parity_tests/verdict.py).\n")
+
+
+def render(report: AnchoredReport, seconds: dict[str, float]) -> str:
+    counts = {}
+    for r in report.rows:
+        counts[r.verdict] = counts.get(r.verdict, 0) + 1
+    lines = [header(report), format_table(report), "",
+             f"verdict: {report.overall} ({', '.join(f'{n} {v}' for v, n in counts.items())} of "
+             f"{len(report.rows)} tensors)"]
+    if report.first_divergence is not None:
+        lines.append(f"first divergence: {report.first_divergence.words}")
+    lines += [f"note: {t}" for t in tendencies(report)]
+    lines.append(f"time: {seconds['wall']:.0f} s wall, {seconds['cpu']:.0f} s CPU")
+    return "\n".join(lines) + "\n"
+
+
+def to_json(report: AnchoredReport, seconds: dict[str, float]) -> dict:
+    def clean(v):
+        return v if not isinstance(v, float) or math.isfinite(v) else str(v)
+    return {"config": dataclasses.asdict(report.config), "overall": report.overall,
+            "first_divergence": None if report.first_divergence is None else
+            dataclasses.asdict(report.first_divergence),
+            "rows": [{k: ({m: clean(x) for m, x in v.items()} if isinstance(v, dict) else clean(v))
+                      for k, v in dataclasses.asdict(r).items()} for r in report.rows],
+            "amplification": report.amplification, "seconds": seconds}
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.dtype == "float64":  # every other dtype runs in JAX's default configuration, as the product does
-        jax.config.update("jax_enable_x64", True)
-    text = report(args)
+    start, cpu = time.time(), _cpu_seconds()
+    try:
+        report = run_anchored(args.config, weights=args.weights, jax_weights=args.jax_weights)
+    except ValueError as e:  # a device that is not there, a checkpoint that does not fit
+        print(f"parity_tests.report: {e}", file=sys.stderr)
+        return 2
+    seconds = {"wall": time.time() - start, "cpu": _cpu_seconds() - cpu}
+    text = render(report, seconds)
     print(text)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(to_json(report, seconds), indent=1))
+    return 1 if report.deviates else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
