@@ -436,12 +436,19 @@ def amplification(jax_runs, torch_runs, x: np.ndarray, dtype: str) -> dict[str, 
 
 @dataclasses.dataclass(frozen=True)
 class Site:
-    """Where the first divergence lies, before the op-level localiser looks inside the block."""
+    """Where the first divergence lies, before the op-level localiser looks inside: the block, then the blocks
+    whose backward feeds its gradients (a wrong gradient can come from a consumer's backward)."""
 
-    block: str
+    blocks: tuple[str, ...]
     quantity: str
     framework: str | None  # from the rounding verdict; None for a float64 disagreement
     float64: bool
+
+
+CONSUMERS = {b: tuple(c for c, srcs in SOURCES.items() if b in srcs) for b in (INPUT, *SOURCES)}
+
+# The largest amplification ratio (either way) of unmodified code, times 2 (docs/parity.md, "Calibration").
+AMPLIFICATION_MULTIPLIER = 4.0
 
 
 def first_site(rows: list[TensorRow], amp: dict[str, dict[str, float]]) -> Site | None:
@@ -451,7 +458,7 @@ def first_site(rows: list[TensorRow], amp: dict[str, dict[str, float]]) -> Site 
     disagrees while its inputs agree (forward), else the disagreeing gradient nearest the output (the first the
     backward pass meets), else the first disagreeing statistic or trained parameter. A low-precision deviation:
     the first block, in execution order, where one framework's amplification of its input error exceeds the
-    other's by the rule's multiplier (so a block downstream of the culprit, which only carries its error along,
+    other's beyond the calibrated band (so a block downstream of the culprit, which only carries its error along,
     is not blamed); else, for deviations that do not show in the forward pass, the deviating gradient nearest the
     output, then the first among the rest.
     """
@@ -460,51 +467,56 @@ def first_site(rows: list[TensorRow], amp: dict[str, dict[str, float]]) -> Site 
         forward = {r.block for r in bad64 if r.quantity == "activation"}
         for block in SOURCES:
             if block in forward and not forward & set(SOURCES[block]):
-                return Site(block, "activation", None, True)
-        row = _backward_first(bad64) or bad64[0]
-        return Site(row.block, row.quantity, None, True)
-    m = V.RULE.multiplier
+                return Site((block,), "activation", None, True)
+        return _later_site(bad64, None, True)
+    m = AMPLIFICATION_MULTIPLIER
     for block, a in amp.items():
         for fw, other in ((V.JAX, V.TORCH), (V.TORCH, V.JAX)):
             if a[fw] > m * a[other] and any(r.block == block and r.verdict == V.deviates(fw) for r in rows):
-                return Site(block, "activation", fw, False)
+                return Site((block,), "activation", fw, False)
     bad = [r for r in rows if r.verdict != V.WITHIN]
-    if not bad:
-        return None
-    row = _backward_first(bad) or bad[0]
-    return Site(row.block, row.quantity, row.verdict.removesuffix(" deviates"), False)
+    return _later_site(bad, bad[0].verdict.removesuffix(" deviates"), False) if bad else None
 
 
-def _backward_first(rows: list[TensorRow]) -> TensorRow | None:
-    grads = [r for r in rows if r.quantity in ("parameter gradient", "input gradient")]
-    return grads[-1] if grads else None  # rows are in execution order; the backward pass meets the last first
+def _later_site(bad: list[TensorRow], framework: str | None, float64: bool) -> Site:
+    grads = [r for r in bad if r.quantity in ("parameter gradient", "input gradient")]
+    if grads:  # rows are in execution order: the backward pass meets the last one first
+        row = grads[-1]
+        if not float64:
+            framework = row.verdict.removesuffix(" deviates")
+        return Site((row.block, *CONSUMERS.get(row.block, ())), row.quantity, framework, float64)
+    return Site((bad[0].block,), bad[0].quantity, framework, float64)
 
 
 def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, torch_patch: Callable) -> Divergence:
-    """The site named in words, with the op inside its block from `parity_tests.ops.localise_op` (fed the
-    float64 truth of the block's input and output cotangent), when that module is there."""
+    """The site named in words, with the op from `parity_tests.ops.localise_op` (fed the float64 truth of each
+    candidate block's input and output cotangent, in turn, until one names an op), when that module is there."""
     dtype = "float64" if site.float64 else config.dtype
-    op, framework = None, site.framework
+    block, op, framework = site.blocks[0], None, site.framework
     try:
         from parity_tests import ops  # noqa: PLC0415 - the op-level localiser, optional
     except ImportError:
         ops = None
-    if ops is not None and site.block != INPUT and dtype in ops.UNIT_ROUNDOFF:
-        truth = ops.truth_from_torch(inputs.weights, inputs.x, inputs.target, site.block)
-        found = ops.localise_op(site.block, inputs.weights, truth.x, truth.cotangent, dtype, target=inputs.target,
-                                jax_patch=jax_patch, torch_patch=torch_patch, seed=config.seed, conv=config.conv,
-                                upsample=config.upsample)
-        if found is not None:
-            op, framework = f"{found.op} ({found.kind})", found.framework
+    if ops is not None and dtype in ops.UNIT_ROUNDOFF:
+        for candidate in site.blocks:
+            if candidate == INPUT:
+                continue
+            truth = ops.truth_from_torch(inputs.weights, inputs.x, inputs.target, candidate)
+            found = ops.localise_op(candidate, inputs.weights, truth.x, truth.cotangent, dtype,
+                                    target=inputs.target, jax_patch=jax_patch, torch_patch=torch_patch,
+                                    seed=config.seed, conv=config.conv, upsample=config.upsample)
+            if found is not None:
+                block, op, framework = candidate, f"{found.op} ({found.kind})", found.framework
+                break
     who = framework or "JAX or PyTorch (not attributed)"
-    where = site.block + (f", op {op}" if op else "")
+    where = block + (f", op {op}" if op else "")
     if site.float64:
         words = (f"{who} computes a different function: the float64 runs first disagree at {where} "
                  f"({site.quantity}), beyond float64 rounding")
     else:
         words = (f"{who} rounds worse than the other framework beyond the calibrated band, first at {where} "
                  f"({site.quantity}, {config.dtype})")
-    return Divergence(site.block, op, framework, site.quantity, words)
+    return Divergence(block, op, framework, site.quantity, words)
 
 
 def overall(rows: list[TensorRow], divergence: Divergence | None) -> str:

@@ -124,7 +124,7 @@ def test_judge_names_the_framework_that_rounds_worse():
     assert all(r.verdict == V.WITHIN for r in rows if r.quantity == "activation")
     site = A.first_site(rows, {b: {V.JAX: 1.0, V.TORCH: 1.0} for b in A.SOURCES})
     # the backward pass meets the output layer's gradient first
-    assert site == A.Site(A.OUTPUT, "parameter gradient", V.JAX, False)
+    assert site == A.Site((A.OUTPUT,), "parameter gradient", V.JAX, False)
 
 
 def test_judge_flags_float64_disagreement_whatever_the_rounding():
@@ -135,7 +135,7 @@ def test_judge_flags_float64_disagreement_whatever_the_rounding():
     assert all(not r.float64_ok and r.verdict == A.DISAGREE for r in rows if r.quantity == "activation")
     assert all(r.float64_ok for r in rows if r.quantity == "parameter gradient")
     site = A.first_site(rows, {})
-    assert site == A.Site("front_layers.0", "activation", None, True)
+    assert site == A.Site(("front_layers.0",), "activation", None, True)
     assert A.overall(rows, None) == A.DISAGREE
     found = A.Divergence("front_layers.0", "conv", V.JAX, "activation", "")
     assert A.overall(rows, found) == V.deviates(V.JAX)
@@ -149,4 +149,13 @@ def test_amplification_blames_the_block_that_grows_the_error_not_its_successors(
     amp = {b: {V.JAX: 100.0 if b == "front_layers.2" else 1.0, V.TORCH: 1.0} for b in blocks}
     assert blocks[3] == "front_layers.3"
     rows[2] = dataclasses.replace(rows[2], verdict=V.deviates(V.JAX))
-    assert A.first_site(rows, amp) == A.Site("front_layers.2", "activation", V.JAX, False)
+    assert A.first_site(rows, amp) == A.Site(("front_layers.2",), "activation", V.JAX, False)
+
+
+def test_a_wrong_gradient_is_looked_for_in_the_backward_of_its_consumers_too():
+    """A bug in max-pool's backward shows first in the gradients of the block before the pool."""
+    blocks = ["encoder_decoder.encoder_res1", "encoder_decoder.encoder_res2"]
+    rows = [A.TensorRow(b, "parameter gradient", b + ".res_branch.0", V.ZERO, V.ZERO, V.ZERO, b != blocks[0],
+                        V.WITHIN if b != blocks[0] else A.DISAGREE) for b in blocks]
+    site = A.first_site(rows, {})
+    assert site.blocks == (blocks[0], "encoder_decoder.skip_res2", "encoder_decoder.encoder_pool2")
