@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import math
 from typing import Callable, Mapping
 
 import jax
@@ -396,6 +397,66 @@ def judge(jax_runs: dict[str, Trace], torch_runs: dict[str, Trace], config: Conf
     return rows
 
 
+# The authors' init (v2v_torch_ref/model.py `initialize`): conv and transposed-conv weights N(0, 1e-3^2), BN
+# weights U(0, 1); (mean, std, kurtosis) of each. Biases and BN running statistics start exactly at 0 (var: 1).
+AUTHORS_INIT = {5: (0.0, 1e-3, 3.0), 1: (0.5, 12 ** -0.5, 1.8)}  # by the weight's number of dimensions
+INIT_Z = 6.0  # sampling z-score beyond which an init deviates: 2e-9 two-sided per statistic, ~300 statistics
+
+
+def init_scores(state: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """Per tensor of a freshly initialised model: how far its draw is from the authors' distribution, as the
+    larger z-score of its sample mean (sd sigma / sqrt(n)) and sample std (relative sd sqrt((kurtosis - 1) / 4n));
+    0 or inf for the tensors that start at an exact value."""
+    out = {}
+    for key, v in state.items():
+        v = np.asarray(v, np.float64)
+        if key.endswith("weight") and v.ndim in AUTHORS_INIT:
+            mean, std, kurtosis = AUTHORS_INIT[v.ndim]
+            n = v.size
+            z_mean = abs(v.mean() - mean) / std * np.sqrt(n)
+            z_std = abs(v.std() / std - 1) / np.sqrt((kurtosis - 1) / (4 * n))
+            out[key] = float(max(z_mean, z_std))
+        elif key.endswith(("bias", "running_mean", "running_var")):
+            out[key] = 0.0 if np.all(v == (1.0 if key.endswith("running_var") else 0.0)) else math.inf
+    return out
+
+
+def _own_init(framework: str, config: Config) -> dict[str, np.ndarray]:
+    if framework == V.JAX:
+        model = jmodel.V2VModel(1, config.joints, config.width, rngs=nnx.Rngs(config.seed))
+        return {k: v.numpy() for k, v in convert.torch_state_dict(model).items()}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return {k: v.numpy() for k, v in tmodel.V2VModel(1, config.joints, config.width).state_dict().items()}
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_init(framework: str, config: Config) -> dict[str, float]:
+    return init_scores(_own_init(framework, config))
+
+
+def init_rows(config: Config, jax_patch: Callable, torch_patch: Callable) -> list[TensorRow]:
+    """Each framework's own init (inside its patch) against the authors' distribution: the one place where the
+    truth is a distribution, not a float64 run (the runs themselves all start from the same reference weights).
+    Each row's Errors hold the z-score (init_scores) in every field."""
+    scores = {}
+    for fw, patch in ((V.JAX, jax_patch), (V.TORCH, torch_patch)):
+        if patch is contextlib.nullcontext:
+            scores[fw] = _cached_init(fw, config)
+        else:
+            with patch():
+                scores[fw] = init_scores(_own_init(fw, config))
+    blocks = list(SOURCES)
+    rows = []
+    for key in scores[V.TORCH]:
+        z = {fw: scores[fw].get(key, math.inf) for fw in scores}
+        bad = [fw for fw in (V.JAX, V.TORCH) if not z[fw] <= INIT_Z]
+        verdict = V.WITHIN if not bad else (V.deviates(bad[0]) if len(bad) == 1 else "JAX and PyTorch deviate")
+        rows.append(TensorRow(owner_block(key, blocks), "init", key, V.Errors(*[z[V.JAX]] * 3),
+                              V.Errors(*[z[V.TORCH]] * 3), V.ZERO, True, verdict))
+    return rows
+
+
 # The inputs of each V2V block (torch's forward-hook names): the previous block, or a sum of two block outputs
 # where EncoderDecoder adds its skips (v2v_torch_ref/model.py).
 _ED = "encoder_decoder."
@@ -488,6 +549,11 @@ def _later_site(bad: list[TensorRow], framework: str | None, float64: bool) -> S
     return Site((bad[0].block,), bad[0].quantity, framework, float64)
 
 
+def _after_step1(quantity: str) -> bool:
+    return quantity == "init" or " after " in quantity and not quantity.startswith("BN batch") \
+        or quantity.startswith("losses over")
+
+
 def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, torch_patch: Callable) -> Divergence:
     """The site named in words, with the op from `parity_tests.ops.localise_op` (fed the float64 truth of each
     candidate block's input and output cotangent, in turn, until one names an op), when that module is there."""
@@ -497,7 +563,9 @@ def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, to
         from parity_tests import ops  # noqa: PLC0415 - the op-level localiser, optional
     except ImportError:
         ops = None
-    if ops is not None and dtype in ops.UNIT_ROUNDOFF:
+    if _after_step1(site.quantity):  # the first step's tensors agree: the difference lies in what follows
+        op = "init" if site.quantity == "init" else "optimizer"
+    elif ops is not None and dtype in ops.UNIT_ROUNDOFF:
         for candidate in site.blocks:
             if candidate == INPUT:
                 continue
@@ -544,7 +612,7 @@ def run_anchored(config: Config, *, jax_patch: Callable = contextlib.nullcontext
                                                                        weights=train_mode_weights(jax_weights))
     jax_runs = traces(V.JAX, config, jax_patch, None if weights is None and jax_weights is None else jax_inputs)
     torch_runs = traces(V.TORCH, config, torch_patch, None if weights is None else inputs)
-    rows = judge(jax_runs, torch_runs, config)
+    rows = judge(jax_runs, torch_runs, config) + init_rows(config, jax_patch, torch_patch)
     amp = amplification(jax_runs, torch_runs, inputs.x, config.rounding)
     site = first_site(rows, amp)
     divergence = None if site is None else localise(site, config, inputs, jax_patch, torch_patch)

@@ -33,7 +33,7 @@ INPUT, OUTPUT = "(input)", "(output)"
 # Per-block relative tolerances by compute dtype (see docs/parity.md for the derivation). The rounding error of
 # one layer is about u * sqrt(K) for a reduction of K = I*k^3 <= 3456 terms (random-walk accumulation), and it
 # adds up in quadrature over L <= 60 conv/BN layers: sqrt(L * K) * u ~ 455 u.
-#   float64, u = 1.1e-16: 5e-14; the 1e-10 leaves room for the worst case L * K * u = 2.3e-11.
+#   float64, u = 1.1e-16: 5e-14; 1e-10 leaves room for the worst case L * K * u = 2.3e-11.
 #   float32, u = 6.0e-8: 2.7e-5; 1e-4 is that with a factor ~4 margin.
 #   tf32 (GPU default, 10-bit mantissa inputs, u = 4.9e-4 on each product's inputs, float32 sums): the
 #     per-layer error is ~u (input rounding does not grow with K); sqrt(L) * u = 3.8e-3, so 1e-2.

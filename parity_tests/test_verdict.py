@@ -159,3 +159,15 @@ def test_a_wrong_gradient_is_looked_for_in_the_backward_of_its_consumers_too():
                         V.WITHIN if b != blocks[0] else A.DISAGREE) for b in blocks]
     site = A.first_site(rows, {})
     assert site.blocks == (blocks[0], "encoder_decoder.skip_res2", "encoder_decoder.encoder_pool2")
+
+
+def test_init_scores_against_the_authors_distribution():
+    rng = np.random.default_rng(0)
+    good = {"c.weight": rng.normal(0, 1e-3, (32, 16, 3, 3, 3)), "c.bias": np.zeros(32),
+            "bn.weight": rng.uniform(0, 1, 64), "bn.bias": np.zeros(64), "bn.running_mean": np.zeros(64),
+            "bn.running_var": np.ones(64)}
+    assert max(A.init_scores(good).values()) < 4  # a correct draw: z-scores of a few at most
+    for key, wrong in (("c.weight", good["c.weight"] * 10), ("c.weight", good["c.weight"] * 1.05),
+                       ("c.weight", good["c.weight"] + 1e-4), ("bn.weight", np.ones(64)),
+                       ("c.bias", np.full(32, 1e-9)), ("bn.running_var", np.zeros(64))):
+        assert A.init_scores({**good, key: wrong})[key] > A.INIT_Z, key
