@@ -81,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def read_jax_run(run_dir: Path) -> dict[str, np.ndarray]:
     """The newest verified checkpoint of a training run as a torch-keyed state_dict (v2v_jax.predict.load_run)."""
+    if not (run_dir / "config.json").is_file():  # before importing the training stack
+        raise ValueError(f"--jax-run {run_dir}: no training run here (config.json missing)")
     from v2v_jax import predict  # noqa: PLC0415 - pulls in the training stack only when asked for
 
     try:

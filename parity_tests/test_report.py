@@ -17,7 +17,7 @@ from parity_tests.test_verdict import CONFIG, _runs
     (["--tf32", "maybe"], "argument --tf32: invalid choice"),
     (["--dtype", "float16"], "argument --dtype: invalid choice"),
     (["--torch-checkpoint", "no/such.pth"], "--torch-checkpoint no/such.pth: not a readable PyTorch checkpoint"),
-    (["--jax-run", "no/such/run"], "--jax-run no/such/run:"),
+    (["--jax-run", "no/such/run"], "--jax-run no/such/run: no training run here"),
     (["--json", "no/such/dir/x.json"], "--json no/such/dir/x.json: directory no/such/dir does not exist"),
 ])
 def test_bad_options_are_one_line_errors(argv, message, capsys):
