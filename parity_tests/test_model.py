@@ -19,8 +19,10 @@ def check(rows):
     assert first_divergence(rows) is None, format_table(rows)
 
 
-@pytest.mark.parametrize("dtype", [pytest.param("float64", marks=pytest.mark.x64), "float32"])
-@pytest.mark.parametrize("mode", ["train", "eval"])
+# float32 in train mode is judged by the calibrated verdict at the real width instead (test_anchored.py): a fixed
+# tolerance holds at width 8 but not at width 32, where float32 gradients are ~1e-2 from float64 in both frameworks.
+@pytest.mark.parametrize("dtype,mode", [pytest.param("float64", "train", marks=pytest.mark.x64),
+                                        pytest.param("float64", "eval", marks=pytest.mark.x64), ("float32", "eval")])
 def test_model_parity_on_sparse_voxels(dtype, mode):
     torch_model, jax_model = model_pair(dtype)
     x = sparse_voxels((BATCH, 1, GRID, GRID, GRID), density=0.05).astype(dtype)
