@@ -192,7 +192,7 @@ def header(report: AnchoredReport) -> str:
             f"format {'channels_last_3d' if c.channels_last else 'contiguous'}, seed {c.seed}\n\n"
             f"Errors: relative Frobenius norm against the framework's own float64 run; float64 diff: JAX float64 "
             f"against PyTorch float64. Rule: err <= {V.RULE.multiplier:g} x the other's + {V.RULE.floor:g} u "
-            f"(parity_tests/verdict.py).\n")
+            f"in the first step, {V.TRAINING_RULE.multiplier:g} x after it (parity_tests/verdict.py).\n")
 
 
 def render(report: AnchoredReport, seconds: dict[str, float]) -> str:

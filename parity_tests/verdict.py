@@ -68,24 +68,28 @@ def errors(a, truth) -> Errors:
 
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """err_a <= multiplier * err_b + floor * u, per metric, for a low-precision run with unit roundoff u.
-
-    The values are derived in docs/parity.md ("Calibration") from the ratio err_JAX / err_PyTorch over seeds and
-    sizes on unmodified code: the multiplier is the largest ratio seen (either way) times 2, the floor the largest
-    error seen on tensors whose errors are at the rounding of a single operation (the loss, the output), in u.
-    """
+    """err_a <= multiplier * err_b + floor * u, per metric, for a low-precision run with unit roundoff u."""
 
     multiplier: float
     floor: float  # in units of u
 
 
-# Measured at width 8-32, grids 16-32, five seeds, float32 on the CPU (docs/parity.md, "Calibration").
-RULE = Rule(multiplier=8.0, floor=64.0)
+# Derived in docs/parity.md ("Calibration") from the ratio err_JAX / err_PyTorch of every tensor over seeds and
+# sizes on unmodified code, float32 on the CPU: the multiplier is twice the largest ratio seen either way; the
+# floor is the largest error seen on the tensors whose errors are a single rounding (the loss: 1 u) times 64, so
+# tensors at rounding level are never judged by ratios of near-zero numbers.
+# The first step (activations, gradients, batch statistics, the loss): largest ratio 12.2 (a BN weight gradient's
+# q99.9 at width 8, 16 values).
+RULE = Rule(multiplier=25.0, floor=64.0)
+# After the RMSprop steps (parameters, running variances, losses): RMSprop's first steps are ~10 lr sign(g), so
+# entries whose gradient is near its rounding error move at full step size in a random direction; the errors are
+# chaotic and PyTorch's are up to 118x JAX's on unmodified code (median 0.04-0.19x the other way round).
+TRAINING_RULE = Rule(multiplier=256.0, floor=64.0)
 
 # float64 runs of correct code disagree by float64 rounding amplified by the same conditioning that amplifies
-# float32 rounding: |jax64 - torch64| ~ (u64 / u) * err_lowp. Measured ratio (docs/parity.md): below 1 at every
-# tensor, so 16 leaves a margin; floor 2^12 u64 = 4.5e-13 for tensors whose low-precision errors are ~0.
-FLOAT64_MULTIPLIER, FLOAT64_FLOOR = 16.0, 2.0 ** 12
+# the low precision's: |jax64 - torch64| ~ (u64 / u) * err_low. Largest measured ratio 13.8 (docs/parity.md),
+# so 64; floor 2^12 u64 = 4.5e-13 for tensors whose low-precision errors are a rounding or two.
+FLOAT64_MULTIPLIER, FLOAT64_FLOOR = 64.0, 2.0 ** 12
 
 
 def float64_bound(err_jax: Errors, err_torch: Errors, dtype: str, metric: str) -> float:
