@@ -45,6 +45,8 @@ def summary(runs: list[dict]) -> str:
     by: dict[str, dict[str, list[float]]] = {}
     for run in runs:
         for r in run["rows"]:
+            if r["quantity"] == "init":  # z-scores, not errors
+                continue
             g = by.setdefault(group(r["quantity"]), {"rel_fro": [], "q999": [], "float64": []})
             g["rel_fro"].append(r["ratio_rel_fro"])
             g["q999"].append(r["ratio_q999"])
@@ -62,6 +64,11 @@ def summary(runs: list[dict]) -> str:
     f64 = np.concatenate([np.asarray(g["float64"]) for g in by.values() if g["float64"]])
     lines.append(f"\nfloat64 disagreement / ((u64/u) * max low-precision error), {f64.size} tensors: median "
                  f"{np.median(f64):.2e}, 99th pct {np.quantile(f64, 0.99):.2e}, max {f64.max():.2e}")
+    margins = [r["float64"] / V.float64_bound(V.Errors(r["jax"], 0, 0), V.Errors(r["torch"], 0, 0),
+                                              run["config"]["rounding"], "rel_fro")
+               for run in runs for r in run["rows"] if r["quantity"] != "init"]
+    lines.append(f"float64 disagreement / its bound (verdict.float64_bound, relative Frobenius): max "
+                 f"{max(margins):.2e}")
     return "\n".join(lines)
 
 
