@@ -62,6 +62,7 @@ def test_very_sparse_and_dense_voxels(density):
     check(compare_models(torch_model, jax_model, x, train=True, tol=TOL["float64"]))
 
 
+@pytest.mark.slow  # the default run judges float32 at width 32 with the calibrated verdict (test_anchored.py)
 def test_full_size_forward_float32():
     """V2V as published (width 32, 21 joints) on one 88^3 volume, forward in train-mode BN. float32 tolerance as
     above with L = 50, K = 3456: sqrt(L*K)*u = 416u = 2.5e-5 <= 1e-4."""
