@@ -11,6 +11,7 @@ distribution by quantity (median, 99th percentile, extremes either way) and writ
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import resource
 import time
@@ -24,17 +25,33 @@ from parity_tests.anchored import Config, run_anchored
 
 def measure(config: Config) -> dict:
     report = run_anchored(config)
-    u64, u = V.unit_roundoff("float64"), V.unit_roundoff(config.rounding)
-    rows = []
-    for r in report.rows:
-        expected = (u64 / u) * max(r.jax.rel_fro, r.torch.rel_fro, u)
-        rows.append(dict(block=r.block, quantity=r.quantity, layer=r.layer, jax=r.jax.rel_fro, torch=r.torch.rel_fro,
-                         jax_q=r.jax.q999, torch_q=r.torch.q999, float64=r.float64.rel_fro,
-                         **{f"ratio_{m}": V.ratio(r.jax, r.torch, m, config.rounding) for m in V.METRICS},
-                         float64_ratio=r.float64.rel_fro / expected, verdict=r.verdict))
-    amp = {b: a[V.JAX] / a[V.TORCH] for b, a in report.amplification.items()}
-    return dict(config=vars(config) | {"rounding": config.rounding}, rows=rows, amplification_ratio=amp,
-                overall=report.overall)
+    return summarise(vars(config) | {"rounding": config.rounding}, report.rows, report.amplification,
+                     report.overall)
+
+
+def summarise(config: dict, rows, amplification, overall) -> dict:
+    """The numbers of one run (rows: TensorRow objects, or their dicts from `report --json`)."""
+    u64, u = V.unit_roundoff("float64"), V.unit_roundoff(config["rounding"])
+    out = []
+    for r in rows:
+        r = r if isinstance(r, dict) else dataclasses.asdict(r)
+        j, t, f64 = (V.Errors(*(float(r[k][m]) for m in ("rel_fro", "rmse", "q999"))) for k in ("jax", "torch",
+                                                                                             "float64"))
+        expected = (u64 / u) * max(j.rel_fro, t.rel_fro, u)
+        out.append(dict(block=r["block"], quantity=r["quantity"], layer=r["layer"], jax=j.rel_fro, torch=t.rel_fro,
+                        jax_q=j.q999, torch_q=t.q999, float64=f64.rel_fro,
+                        **{f"ratio_{m}": V.ratio(j, t, m, config["rounding"]) for m in V.METRICS},
+                        float64_ratio=f64.rel_fro / expected, verdict=r["verdict"]))
+    amp = {b: a[V.JAX] / a[V.TORCH] for b, a in amplification.items()}
+    return dict(config=config, rows=out, amplification_ratio=amp, overall=overall)
+
+
+def from_report(path: Path) -> dict:
+    """A run recorded by `python -m parity_tests.report --json PATH`."""
+    data = json.loads(path.read_text())
+    config = Config(**data["config"])
+    return summarise(data["config"] | {"rounding": config.rounding}, data["rows"], data["amplification"],
+                     data["overall"])
 
 
 def group(quantity: str) -> str:
@@ -75,19 +92,28 @@ def summary(runs: list[dict]) -> str:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", nargs="+", default=["8:16", "16:24", "32:32"], help="width:grid pairs")
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4])
+    p.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2, 3, 4])
     p.add_argument("--batch", type=int, default=2)
     p.add_argument("--joints", type=int, default=21)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--out", type=Path)
+    p.add_argument("--runs", nargs="*", type=Path, default=[], metavar="JSON",
+                   help="earlier runs to include: this tool's --out files or the report's --json files")
     args = p.parse_args(argv)
+    earlier = []
+    for path in args.runs:
+        try:
+            data = json.loads(path.read_text())
+            earlier += data if isinstance(data, list) else [from_report(path)]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            p.error(f"--runs {path}: not a calibration or report JSON ({e})")
     try:
         sizes = [tuple(int(v) for v in s.split(":")) for s in args.sizes]
         configs = [Config(width=w, grid=g, batch=args.batch, joints=args.joints, dtype=args.dtype, seed=s)
                    for w, g in sizes for s in args.seeds]
     except ValueError as e:
         p.error(f"--sizes {args.sizes}: {e}")
-    runs = []
+    runs = list(earlier)
     for config in configs:
         start = time.time()
         runs.append(measure(config))
