@@ -57,6 +57,14 @@ def test_missing_synthetic_set_is_named(tmp_path):
         oracle.open_sets(opts)
 
 
+def test_fewer_frames_than_a_batch_are_refused(tmp_path):
+    root = write_msra_dataset(tmp_path / "synth", frames=34, seed=0, subjects=2)
+    opts = oracle.parse_options(["--root", str(root), "--synth-frames", "34", "--synth-subjects", "2",
+                                 "--batch-size", "64", "--out", str(tmp_path / "run")])
+    with pytest.raises(SystemExit, match="17 training frames are fewer than one batch of 64"):
+        oracle.train(opts)
+
+
 def test_trains_evaluates_and_writes_a_port_state_dict(tmp_path, capsys):
     """One step on two fixed samples (--overfit 2, which also evaluates on them); about 5 s, most of it torch's
     first backward pass and optimiser import."""

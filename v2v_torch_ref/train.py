@@ -322,6 +322,8 @@ def train(opts: Options) -> np.ndarray:
         train_set, test_set, spec = open_sets(opts)
     except DataError as err:
         raise SystemExit(f"data: {err}") from None
+    if len(train_set) < opts.batch_size:
+        raise SystemExit(f"{len(train_set)} training frames are fewer than one batch of {opts.batch_size}")
     model = V2VModel(1, spec.num_joints, opts.width, init=opts.init).to(device=device, dtype=dtype)
     optimizer = make_optimizer(model.parameters(), opts.optimizer, opts.lr)
     print(f"geometry: {opts.geometry}, {GEOMETRY_WHY[opts.geometry]}")
