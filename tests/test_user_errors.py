@@ -114,18 +114,16 @@ def test_predict_on_good_input_prints_the_joints(tiny_run, tmp_path, capsys):
     predict.main(["--checkpoint", str(run), "--depth", str(depth_file(tmp_path, data)), "--center", centre_of(data)])
     out = capsys.readouterr().out
     assert len(re.findall(r"^thumb_tip\s+(-?\d+\.\d+\s+){6}$", out, re.M)) == 1, out
+    assert out.splitlines()[0] == ("geometry: ours (pixels numbered from 0, voxel coordinates floored), the training "
+                                   "run's (config.json)"), out  # the first line says which geometry, and why
 
 
 def test_predict_states_its_geometry_and_takes_the_port_s_for_a_state_dict(tiny_run, tmp_path, capsys):
-    """A run predicts in its config.json's geometry (one without the field is 'ours'); a PyTorch state_dict in the
-    port's unless --geometry says otherwise; the first output line says which and why."""
+    """A PyTorch state_dict predicts in the port's geometry unless --geometry says otherwise (a run: in its
+    config.json's, test_predict_on_good_input_prints_the_joints); the first output line says which and why."""
     run, data = tiny_run
     depth = ["--depth", str(depth_file(tmp_path, data)), "--center", centre_of(data)]
     assert json.loads((run / "config.json").read_text())["geometry"] == "ours"  # saved with the run
-    predict.main(["--checkpoint", str(run), *depth])
-    first = capsys.readouterr().out.splitlines()[0]
-    assert first == ("geometry: ours (pixels numbered from 0, voxel coordinates floored), the training run's "
-                     "(config.json)"), first
     torch.manual_seed(0)
     pth = tmp_path / "port.pth"
     torch.save(V2VModel(1, cameras.MSRA.num_joints, 4).state_dict(), pth)
