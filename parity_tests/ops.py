@@ -624,10 +624,11 @@ def localise_op(block: str, weights: Mapping, x: np.ndarray, cotangent: np.ndarr
                 **kwargs) -> OpDeviation | None:
     """The first op of `block` whose result leaves its rounding band, and in which framework: forward rows in
     execution order, then backward rows from the block's output back (the order the backward pass meets them)."""
-    return _first(op_errors(block, weights, x, cotangent, dtype, **kwargs))
+    return first_deviation(op_errors(block, weights, x, cotangent, dtype, **kwargs))
 
 
-def _first(rows: Sequence[OpRow]) -> OpDeviation | None:
+def first_deviation(rows: Sequence[OpRow]) -> OpDeviation | None:
+    """`localise_op` on rows already computed by `op_errors`."""
     forward = [r for r in rows if r.quantity != "backward"]
     backward = [r for r in reversed(rows) if r.quantity == "backward"]
     for row in forward + backward:
@@ -752,7 +753,7 @@ def main(argv=None):
                     for m in w:
                         w[m] = max(w[m], r[m])
             else:
-                found = _first(rows)
+                found = first_deviation(rows)
                 print(f"{block} (seed {seed}, {args.dtype}, width {args.width}, grid {args.grid}^3, batch "
                       f"{args.batch})\n\n{format_table(rows)}\n\n{found or 'every op within its rounding band'}\n")
     if args.calibrate:
