@@ -43,6 +43,9 @@ from v2v_jax.train.step import init_state, make_update, numerics_for  # noqa: E4
 from v2v_torch_ref import model as torch_model_lib  # noqa: E402
 from v2v_torch_ref.train import make_optimizer as torch_optimizer  # noqa: E402
 
+from roofline import model_forward_macs  # noqa: E402
+from tables import markdown_table  # noqa: E402, F401  (re-exported for the benchmarks)
+
 JOINTS = 21
 # Dense peak of an H100 SXM in TFLOP/s (NVIDIA data sheet, without sparsity); GPU fractions use these unless
 # --peak-tflops is given. On CPU the peak is measured in the same run (`cpu_peak_gflops`).
@@ -245,27 +248,9 @@ def torch_peak_memory(record: dict, key: str):
     record[key] = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
 
 
-def forward_macs(grid: int, joints: int = JOINTS, width: int = 32) -> int:
-    """Multiply-accumulates of one V2V forward pass per sample (SPEC 2: 36.40 G at 88^3, J = 21)."""
-    n2, n4, n8 = grid // 2, grid // 4, grid // 8
-
-    def conv(cin, cout, k, n):
-        return n ** 3 * k ** 3 * cin * cout
-
-    def res(cin, cout, n):
-        return conv(cin, cout, 3, n) + conv(cout, cout, 3, n) + (conv(cin, cout, 1, n) if cin != cout else 0)
-
-    w1, w2, w4 = width, 2 * width, 4 * width
-    front = conv(1, w1 // 2, 7, grid) + res(w1 // 2, w1, n2) + 2 * res(w1, w1, n2)
-    encoder_decoder = (res(w1, w1, n2) + res(w1, w2, n4) + res(w2, w2, n4) + res(w2, w4, n8) + 2 * res(w4, w4, n8)
-                       + n8 ** 3 * 8 * w4 * w2 + res(w2, w2, n4) + n4 ** 3 * 8 * w2 * w1)
-    back = res(w1, w1, n2) + 2 * conv(w1, w1, 1, n2) + conv(w1, joints, 1, n2)
-    return front + encoder_decoder + back
-
-
 def train_step_flops(grid: int, batch: int) -> float:
     """FLOPs of a training step: forward + input and weight gradients = 3x the forward, 2 FLOPs per MAC."""
-    return 3 * 2 * forward_macs(grid) * batch
+    return 3 * 2 * model_forward_macs(grid) * batch
 
 
 def cpu_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -330,20 +315,6 @@ def header(args) -> dict:
         env["conv"] = f"{args.conv} -> {resolve_conv(args.conv)}"
     env["torch_memory_format"] = "channels_last_3d" if args.channels_last else "contiguous (NCDHW)"
     return env
-
-
-def markdown_table(columns: list[str], rows: list[list]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def _cell(v) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, float):
-        return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-    return str(v)
 
 
 def write_result(out: Path | None, name: str, result: dict, markdown: str) -> None:
