@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -28,6 +29,8 @@ from typing import Callable
 if "torch" in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
     raise ImportError("import bench/common.py before torch (it sets OMP_WAIT_POLICY for torch's OpenMP threads)")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Both frameworks share one GPU: JAX takes memory as it needs it instead of 75 % of the device up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -43,14 +46,23 @@ from v2v_jax.train.step import init_state, make_update, numerics_for  # noqa: E4
 from v2v_torch_ref import model as torch_model_lib  # noqa: E402
 from v2v_torch_ref.train import make_optimizer as torch_optimizer  # noqa: E402
 
-from roofline import model_forward_macs  # noqa: E402
+import roofline  # noqa: E402
 from tables import markdown_table  # noqa: E402, F401  (re-exported for the benchmarks)
 
 JOINTS = 21
-# Dense peak of an H100 SXM in TFLOP/s (NVIDIA data sheet, without sparsity); GPU fractions use these unless
-# --peak-tflops is given. On CPU the peak is measured in the same run (`cpu_peak_gflops`).
-H100_PEAK_TFLOPS = {"float32": 494.0, "bfloat16": 989.0}
 DTYPES = ("float32", "bfloat16")
+# XLA debug options worth trying on the GPU step, passed per compilation (`Lowered.compile(compiler_options=...)`,
+# so one process can sweep them). Every name is a DebugOptions field of jaxlib (an unknown one is an error at
+# compile time, on any backend); GPU options compile unchanged, and do nothing, on CPU.
+XLA_FLAG_SETS = {
+    "default": {},
+    "autotune0": {"xla_gpu_autotune_level": 0},               # no cuDNN/cuBLAS algorithm search
+    "nhwc": {"xla_gpu_force_conv_nhwc": True},                # channels-last convolution layouts
+    "nchw": {"xla_gpu_force_conv_nchw": True},                # channels-first convolution layouts
+    "runtime_fusion": {"xla_gpu_use_runtime_fusion": True},   # cuDNN runtime-compiled conv + elementwise fusions
+    "conv_fusion": {"xla_gpu_experimental_enable_conv_fusion": True},
+    "no_triton_gemm": {"xla_gpu_enable_triton_gemm": False},  # cuBLAS for the products (1^3 convs, upsampling)
+}
 
 
 # --- machine --------------------------------------------------------------------------------------------------
@@ -133,16 +145,23 @@ def ratio(times: dict[str, dict], name: str, base: str) -> float:
 
 # --- models and inputs ----------------------------------------------------------------------------------------
 
-def model_pair(conv: str, dtype: str, device: torch.device, seed: int = 0, channels_last: bool = False):
-    """(JAX V2VModel, torch V2VModel) with the same weights (the torch model's, copied)."""
-    torch.manual_seed(seed)
-    tmodel = torch_model_lib.V2VModel(1, JOINTS)
-    jmodel = V2VModel(1, JOINTS, numerics=numerics_for(dtype, conv=conv), rngs=nnx.Rngs(seed))
-    convert.load_torch_state_dict(jmodel, tmodel.state_dict())
-    tmodel = tmodel.to(device)
-    if channels_last:
-        tmodel = tmodel.to(memory_format=torch.channels_last_3d)
+def model_pair(conv: str, dtype: str, device: torch.device, seed: int = 0, channels_last: bool = False, *,
+               upsample: str = "einsum", precision: str = "default", width: int = 32):
+    """(JAX V2VModel, torch V2VModel) with the same weights (the torch model's, copied). precision: 'default'
+    (TF32 convolutions on Ampere+ GPUs) or 'highest' (full float32) for JAX's convolutions and products."""
+    tmodel = torch_model(device, seed, channels_last, width)
+    numerics = dataclasses.replace(numerics_for(dtype, conv=conv), upsample=upsample,
+                                   precision=None if precision == "default" else jax.lax.Precision.HIGHEST)
+    jmodel = V2VModel(1, JOINTS, width, numerics=numerics, rngs=nnx.Rngs(seed))
+    convert.load_torch_state_dict(jmodel, {k: v.cpu() for k, v in tmodel.state_dict().items()})
     return jmodel, tmodel
+
+
+def torch_model(device: torch.device, seed: int = 0, channels_last: bool = False, width: int = 32):
+    """The reference model from `seed` (the same weights for every call with that seed) on `device`."""
+    torch.manual_seed(seed)
+    tmodel = torch_model_lib.V2VModel(1, JOINTS, width).to(device)
+    return tmodel.to(memory_format=torch.channels_last_3d) if channels_last else tmodel
 
 
 def inputs(batch: int, grid: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -172,13 +191,15 @@ def autocast(dtype: str, device: torch.device):
 
 # --- steps ----------------------------------------------------------------------------------------------------
 
-def jax_train_step(jmodel: V2VModel, voxels, coords):
+def jax_train_step(jmodel: V2VModel, voxels, coords, compiler_options: dict | None = None):
     """The project's update (`v2v_jax.train.step.make_update`, RMSprop as the authors), jitted with the state
-    donated. Returns (call, compiled): call() runs one step in place on a held state."""
+    donated and compiled with `compiler_options` (XLA debug options, e.g. XLA_FLAG_SETS). Returns (call,
+    compiled): call() runs one step in place on a held state."""
     tx = make_optimizer("rmsprop", AUTHORS_RMSPROP["lr"])
     train_def, _, state = init_state(jmodel, tx, seed=0)
     voxels, coords = jnp.asarray(voxels), jnp.asarray(coords)
-    compiled = jax.jit(make_update(train_def, tx), donate_argnums=0).lower(state, voxels, coords).compile()
+    compiled = (jax.jit(make_update(train_def, tx), donate_argnums=0).lower(state, voxels, coords)
+                .compile(compiler_options=compiler_options or None))
     holder = {"state": state}
 
     def call():
@@ -188,16 +209,36 @@ def jax_train_step(jmodel: V2VModel, voxels, coords):
     return call, compiled
 
 
-def torch_train_step(tmodel: torch.nn.Module, voxels: torch.Tensor, heatmaps: torch.Tensor, dtype: str):
+# PyTorch configurations of the training step: what a user gets without tuning (`plain`: contiguous NCDHW,
+# cudnn.benchmark off) and what a user tuning for speed picks (`best`: channels_last_3d, cudnn.benchmark on;
+# `compiled`: the same under torch.compile).
+TORCH_CONFIGS = ("plain", "best", "compiled")
+
+
+def set_torch_backends(benchmark: bool, tf32: bool) -> None:
+    """cuDNN's algorithm search and TF32 for convolutions and matmuls (no effect on CPU)."""
+    torch.backends.cudnn.benchmark = benchmark
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def torch_train_step(tmodel: torch.nn.Module, voxels: torch.Tensor, heatmaps: torch.Tensor, dtype: str, *,
+                     config: str = "plain", tf32: bool = True, compile_backend: str = "inductor"):
     """The reference's step (`v2v_torch_ref.train.train_step`: MSE mean, RMSprop 2.5e-4, alpha 0.99, eps 1e-8,
-    BN in train mode), with the forward and loss under autocast for bfloat16."""
+    BN in train mode), with the forward and loss under autocast for bfloat16. Each call first sets the backend
+    switches of `config` and `tf32` (global in torch), so that configurations can be interleaved."""
+    if config not in TORCH_CONFIGS:
+        raise ValueError(f"torch config {config!r}; choose from {TORCH_CONFIGS}")
     opt = torch_optimizer(tmodel.parameters(), "rmsprop", AUTHORS_RMSPROP["lr"])
     tmodel.train()
+    forward = torch.compile(tmodel, backend=compile_backend) if config == "compiled" else tmodel
+    benchmark = config != "plain"
 
     def call():
+        set_torch_backends(benchmark, tf32)
         opt.zero_grad(set_to_none=True)
         with autocast(dtype, voxels.device):
-            loss = torch.nn.functional.mse_loss(tmodel(voxels).float(), heatmaps)
+            loss = torch.nn.functional.mse_loss(forward(voxels).float(), heatmaps)
         loss.backward()
         opt.step()
         return loss.detach()
@@ -250,7 +291,7 @@ def torch_peak_memory(record: dict, key: str):
 
 def train_step_flops(grid: int, batch: int) -> float:
     """FLOPs of a training step: forward + input and weight gradients = 3x the forward, 2 FLOPs per MAC."""
-    return 3 * 2 * model_forward_macs(grid) * batch
+    return 3 * 2 * roofline.model_forward_macs(grid) * batch
 
 
 def cpu_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -262,10 +303,15 @@ def cpu_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size ** 3 / best / 1e9
 
 
-def peak_tflops(dtype: str, override: float | None) -> float:
+def peak_tflops(dtype: str, override: float | None, tf32: bool = True) -> float:
+    """Override, else the GPU's dense data-sheet peak for the compute mode (bench/roofline.py; H100 SXM for GPUs
+    not listed there), else on CPU a GEMM measured now."""
     if override is not None:
         return override
-    return H100_PEAK_TFLOPS[dtype] if on_gpu() else cpu_peak_gflops() / 1e3
+    if not on_gpu():
+        return cpu_peak_gflops() / 1e3
+    device = roofline.device_for(jax.devices()[0].device_kind) or "h100-sxm"
+    return roofline.DEVICES[device].tflops[roofline.compute_mode(dtype, tf32)]
 
 
 def _timed(fn) -> float:
@@ -276,7 +322,7 @@ def _timed(fn) -> float:
 
 # --- command line and results ---------------------------------------------------------------------------------
 
-def base_parser(doc: str, conv_option: bool = True) -> argparse.ArgumentParser:
+def base_parser(doc: str, conv_option: bool = True, layout_option: bool = True) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cores", type=int, help="CPU: pin the process to this many cores before JAX starts (XLA's "
                    "pool and torch then use that many threads; 1 gives per-core figures robust to other load)")
@@ -285,7 +331,8 @@ def base_parser(doc: str, conv_option: bool = True) -> argparse.ArgumentParser:
     if conv_option:
         p.add_argument("--conv", default="auto", choices=("auto",) + CONV_IMPLS,
                        help="JAX convolution formulation; auto = the per-backend default (v2v_jax.formulations.AUTO_CONV)")
-    p.add_argument("--channels-last", action="store_true", help="torch in channels_last_3d memory format")
+    if layout_option:
+        p.add_argument("--channels-last", action="store_true", help="torch in channels_last_3d memory format")
     p.add_argument("--out", type=Path, help="directory for NAME.json and NAME.md")
     return p
 
@@ -301,6 +348,20 @@ def parse(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     return args
 
 
+def xla_options(name: str) -> dict:
+    """A named set of XLA_FLAG_SETS, or KEY=VALUE[,KEY=VALUE...] (values: true/false, integers or strings)."""
+    if name in XLA_FLAG_SETS:
+        return XLA_FLAG_SETS[name]
+    options = {}
+    for item in name.split(","):
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("xla_"):
+            raise SystemExit(f"--xla-flags {name!r}: not one of {sorted(XLA_FLAG_SETS)} nor xla_KEY=VALUE[,...]")
+        low = value.lower()
+        options[key] = low == "true" if low in ("true", "false") else int(value) if value.lstrip("-").isdigit() else value
+    return options
+
+
 def check_dtypes(dtypes: list[str]) -> list[str]:
     """bfloat16 is measured on GPUs only: XLA's CPU 3D convolutions have no fast bfloat16 path."""
     for d in dtypes:
@@ -312,13 +373,16 @@ def check_dtypes(dtypes: list[str]) -> list[str]:
 def header(args) -> dict:
     env = environment()
     if "conv" in args:
-        env["conv"] = f"{args.conv} -> {resolve_conv(args.conv)}"
-    env["torch_memory_format"] = "channels_last_3d" if args.channels_last else "contiguous (NCDHW)"
+        convs = args.conv if isinstance(args.conv, list) else [args.conv]
+        env["conv"] = ", ".join(f"{c} -> {resolve_conv(c)}" for c in convs)
+    if "channels_last" in args:
+        env["torch_memory_format"] = "channels_last_3d" if args.channels_last else "contiguous (NCDHW)"
     return env
 
 
-def write_result(out: Path | None, name: str, result: dict, markdown: str) -> None:
-    print(markdown)
+def write_result(out: Path | None, name: str, result: dict, markdown: str, echo: bool = True) -> None:
+    if echo:
+        print(markdown)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{name}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")

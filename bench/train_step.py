@@ -1,199 +1,274 @@
-"""Training step, JAX vs the PyTorch reference: samples/s, ratio, fraction of peak FLOP/s, memory.
+"""Training step, JAX vs the PyTorch reference: time per step, ratio, fraction of peak FLOP/s, memory; a sweep of
+JAX's formulations and XLA options against PyTorch's configurations, side by side.
 
     python bench/train_step.py                                   # CPU: 32^3 batch 4 and 88^3 batch 1, float32
-    python bench/train_step.py --grids 88 --batches 1 --conv xla # the plain XLA convolution ("before")
-    python bench/train_step.py --grids 88 --batches 8 --dtypes float32 bfloat16 --out DIR   # GPU, unchanged
-    python bench/train_step.py --grids 88 --batches 1 --profile DIR   # + jax.profiler trace + per-block table
+    python bench/train_step.py --grids 32 --batches 4 --cores 1  # per core
+    python bench/train_step.py --grids 88 --batches 8 --conv xla folded_stem --upsample einsum pad_conv phases \
+        --xla-flags default autotune0 nhwc --torch plain best compiled --tf32 on off --max-batch --out DIR  # GPU
 
 One step = forward, MSE against Gaussian heatmaps (mean over B*J*(N/2)^3), backward, RMSprop(2.5e-4, alpha 0.99,
 eps 1e-8) update, BatchNorm in train mode: `v2v_jax.train.step.make_update` (targets built on the device from
 joint coordinates, state donated) against `v2v_torch_ref.train`'s step (targets given). Same weights and inputs.
-FLOPs per step are counted as 3x the forward's multiply-accumulates (bench.common.forward_macs) x 2.
+FLOPs per step are counted as 3x the forward's multiply-accumulates (bench/roofline.py) x 2.
+
+Rows, in this order (each written to DIR as soon as it is measured; no new row starts after --budget-s):
+1. baselines: for each precision (float32 with TF32 on, bfloat16, float32 with TF32 off, as requested), JAX with
+   the first --conv, --upsample and --xla-flags against every --torch configuration but `compiled`, interleaved;
+2. variants: each other --conv, --upsample and --xla-flags value alone, against the fastest torch configuration
+   of that precision's baseline, then the combination of the variants that beat the baseline;
+3. torch.compile (`compiled` in --torch) against the JAX baseline;
+4. with --max-batch, the baseline at the largest batch that both frameworks' steps fit side by side in device
+   memory (extrapolated from the first batch's memory; on CPU twice the first batch, to exercise the path).
 """
 
 from __future__ import annotations
 
 import common  # noqa: F401, I001  (first: it configures torch's OpenMP threads before torch loads)
+import gc
+import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
-from flax import nnx
 
-from common import (JOINTS, base_parser, check_dtypes, describe, header, inputs, interleaved, jax_peak_bytes,
-                    jax_step_bytes, jax_train_step, markdown_table, model_pair, parse, peak_tflops, ratio,
-                    setup_torch, sync, target_heatmaps, to_torch, torch_peak_memory, torch_train_step,
-                    train_step_flops, write_result)
-from v2v_jax import geometry
-
-# Blocks timed separately by --profile: (path, what it is, input channels, input grid as a fraction of N, how many
-# blocks of that shape V2V has). Res 32 @ N/2: front_layers.3, .4, skip_res1, back_layers.0. The first block gets
-# no input gradient, as in training.
-PROFILE_BLOCKS = (
-    ("front_layers.0", "Basic k7 1->16", 1, 1, 1),
-    ("front_layers.1", "Pool", 16, 1, 1),
-    ("front_layers.2", "Res 16->32", 16, 2, 1),
-    ("front_layers.3", "Res 32", 32, 2, 4),
-    ("encoder_decoder.encoder_pool1", "Pool", 32, 2, 1),
-    ("encoder_decoder.encoder_res1", "Res 32->64", 32, 4, 1),
-    ("encoder_decoder.skip_res2", "Res 64", 64, 4, 2),
-    ("encoder_decoder.encoder_pool2", "Pool", 64, 4, 1),
-    ("encoder_decoder.encoder_res2", "Res 64->128", 64, 8, 1),
-    ("encoder_decoder.mid_res", "Res 128", 128, 8, 2),
-    ("encoder_decoder.decoder_upsample2", "Up (ConvTranspose k2 s2) 128->64", 128, 8, 1),
-    ("encoder_decoder.decoder_upsample1", "Up (ConvTranspose k2 s2) 64->32", 64, 4, 1),
-    ("back_layers.1", "Basic k1 32", 32, 2, 2),
-    ("output_layer", "Conv k1 32->J", 32, 2, 1),
-)
+from common import (TORCH_CONFIGS, XLA_FLAG_SETS, base_parser, describe, header, inputs, interleaved,
+                    jax_peak_bytes, jax_step_bytes, jax_train_step, markdown_table, model_pair, on_gpu, parse,
+                    peak_tflops, ratio, setup_torch, sync, target_heatmaps, to_torch, torch_model,
+                    torch_peak_memory, torch_train_step, train_step_flops, write_result, xla_options)
+from v2v_jax.formulations import CONV_IMPLS, UPSAMPLE_IMPLS
 
 
-def measure(grid, batch, dtype, args, device) -> dict:
-    jmodel, tmodel = model_pair(args.conv, dtype, device, channels_last=args.channels_last)
+class JaxConfig(NamedTuple):
+    conv: str
+    upsample: str
+    flags: str
+
+    def label(self) -> str:
+        return f"conv {self.conv}, upsample {self.upsample}, xla {self.flags}"
+
+
+class Precision(NamedTuple):
+    dtype: str
+    tf32: bool
+
+    def label(self) -> str:
+        return self.dtype if self.dtype == "bfloat16" else f"float32 TF32 {'on' if self.tf32 else 'off'}"
+
+
+def measure(grid, batch, precision: Precision, jax_configs: dict[str, JaxConfig], torch_configs: list[str],
+            args, device, trace_dir: Path | None = None) -> dict:
+    """Every JAX and torch configuration of one row, interleaved; times, ratios to each torch one, memory; with
+    trace_dir, a jax.profiler trace of three steps of the first JAX configuration after the timing."""
     voxels, coords = inputs(batch, grid)
-    jax_call, compiled = jax_train_step(jmodel, voxels, coords)
-    tvox = to_torch(voxels, device, args.channels_last)
-    theat = to_torch(target_heatmaps(coords, grid), device)
-    torch_call = torch_train_step(tmodel, tvox, theat, dtype)
-    record = {}
-    with torch_peak_memory(record, "torch_peak_bytes"):
-        times = interleaved({"jax": jax_call, "torch": torch_call}, args.rounds, args.repeats)
+    calls, memory, errors = {}, {}, {}
+    for name, cfg in jax_configs.items():
+        try:
+            jmodel, _ = model_pair(cfg.conv, precision.dtype, torch.device("cpu"), upsample=cfg.upsample,
+                                   precision="default" if precision.tf32 else "highest", width=args.width)
+            calls[name], compiled = jax_train_step(jmodel, voxels, coords, xla_options(cfg.flags))
+            memory[name] = jax_step_bytes(compiled)
+        except Exception as e:  # noqa: BLE001  (a configuration that fails to compile is a result, not a crash)
+            errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    tvox, theat = inputs_torch(voxels, coords, grid, device)
+    for name in torch_configs:
+        try:
+            tmodel = torch_model(device, channels_last=name != "plain", width=args.width)
+            voxels_t = tvox.contiguous(memory_format=torch.channels_last_3d) if name != "plain" else tvox
+            calls[name] = torch_train_step(tmodel, voxels_t, theat, precision.dtype, config=name,
+                                           tf32=precision.tf32, compile_backend=args.torch_compile_backend)
+        except Exception as e:  # noqa: BLE001
+            errors[name] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+    record = {"grid": grid, "batch": batch, "precision": precision.label(), "dtype": precision.dtype,
+              "tf32": precision.tf32, "jax_configs": {k: v._asdict() for k, v in jax_configs.items()},
+              "jax_step_bytes": memory, "errors": errors}
+    try:
+        with torch_peak_memory(record, "torch_peak_bytes"):
+            times = interleaved(calls, args.rounds, args.repeats)
+    except Exception as e:  # noqa: BLE001  (e.g. out of memory at a large batch)
+        record["errors"]["measurement"] = f"{type(e).__name__}: {str(e).splitlines()[0][:300]}"
+        return record
+    if trace_dir is not None and next(iter(jax_configs)) in calls:
+        trace(calls[next(iter(jax_configs))], trace_dir)
     flops = train_step_flops(grid, batch)
-    peak = peak_tflops(dtype, args.peak_tflops) * 1e12
-    return {
-        "grid": grid, "batch": batch, "dtype": dtype, "times": times,
-        "jax_over_torch_time": ratio(times, "jax", "torch"),
-        "jax_samples_per_s": batch / times["jax"]["wall_s"], "torch_samples_per_s": batch / times["torch"]["wall_s"],
-        "step_gflop": flops / 1e9, "peak_tflops": peak / 1e12,
-        "jax_fraction_of_peak": flops / times["jax"]["wall_s"] / peak,
-        "torch_fraction_of_peak": flops / times["torch"]["wall_s"] / peak,
-        "jax_step_bytes": jax_step_bytes(compiled), "jax_peak_bytes_in_use": jax_peak_bytes(), **record,
-    }
+    peak = peak_tflops(precision.dtype, args.peak_tflops, precision.tf32) * 1e12
+    record.update({
+        "times": times, "step_gflop": flops / 1e9, "peak_tflops": peak / 1e12,
+        "samples_per_s": {k: batch / t["wall_s"] for k, t in times.items()},
+        "fraction_of_peak": {k: flops / t["wall_s"] / peak for k, t in times.items()},
+        "jax_over_torch": {j: {t: ratio(times, j, t) for t in torch_configs if t in times}
+                           for j in jax_configs if j in times},
+        "jax_peak_bytes_in_use": jax_peak_bytes()})
+    return record
 
 
-def submodule(model, path: str):
-    for part in path.split("."):
-        model = model[int(part)] if part.isdigit() else getattr(model, part)
-    return model
+def inputs_torch(voxels, coords, grid, device):
+    return to_torch(voxels, device), to_torch(target_heatmaps(coords, grid), device)
 
 
-def block_calls(jblock, tblock, x: np.ndarray, device, input_grad: bool = True):
-    """Forward + backward (parameter gradients, and the input's unless the input is the data) of one block in
-    train mode, in both frameworks."""
-    jblock.train()
-    graphdef, params, rest = nnx.split(jblock, nnx.Param, ...)
-
-    def loss(params, x, cot):
-        y = nnx.merge(graphdef, params, rest, copy=True)(x)
-        return jnp.vdot(y.astype(jnp.float32), cot)
-
-    xj = jnp.asarray(x)
-    cot = jnp.asarray(np.random.default_rng(1).standard_normal(jax.eval_shape(
-        lambda p, v: nnx.merge(graphdef, p, rest, copy=True)(v), params, xj).shape), jnp.float32)
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1) if input_grad else 0))
-    xt = to_torch(x, device).requires_grad_(input_grad)
-    ct = to_torch(np.asarray(cot), device)
-    tblock.train()
-
-    def torch_call():
-        tblock.zero_grad(set_to_none=True)
-        xt.grad = None
-        tblock(xt).backward(ct)
-        return xt.grad
-
-    return (lambda: grad(params, xj, cot)), torch_call
+def fastest_torch(record: dict, torch_configs: list[str]) -> str:
+    timed = [t for t in torch_configs if t in record.get("times", {})]
+    return min(timed, key=lambda t: record["times"][t]["wall_s"]) if timed else "best"
 
 
-def loss_calls(grid, batch, device):
-    """MSE over (N/2)^3 x J heatmaps and its gradient: JAX builds the targets on the device, torch gets them."""
-    m = grid // 2
-    pred = np.random.default_rng(2).random((batch, m, m, m, JOINTS), np.float32)
-    _, coords = inputs(batch, grid)
-    grad = jax.jit(jax.value_and_grad(geometry.heatmap_mse))
-    pj, cj = jnp.asarray(pred), jnp.asarray(coords)
-    pt = to_torch(pred, device).requires_grad_(True)
-    ht = to_torch(target_heatmaps(coords, grid), device)
-
-    def torch_call():
-        pt.grad = None
-        torch.nn.functional.mse_loss(pt, ht).backward()
-        return pt.grad
-
-    return (lambda: grad(pj, cj)), torch_call
+def max_batch(record: dict) -> int:
+    """The largest multiple of 8 (of the first batch on CPU, doubled) whose steps fit side by side in 80 % of
+    device memory, extrapolated linearly from this row's memory (JAX's XLA plan + torch's peak)."""
+    batch = record["batch"]
+    if not on_gpu():
+        return 2 * batch
+    used = sum(v for v in record["jax_step_bytes"].values() if v) + (record.get("torch_peak_bytes") or 0)
+    total = torch.cuda.get_device_properties(0).total_memory
+    per_sample = max(used / batch, 1)
+    return max(batch, int(0.8 * total / per_sample) // 8 * 8)
 
 
-def profile(grid, batch, args, device, step_row) -> str:
-    """jax.profiler trace of three steps, then each block's forward + backward timed in both frameworks."""
-    voxels, coords = inputs(batch, grid)
-    jax_call, _ = jax_train_step(model_pair(args.conv, "float32", device)[0], voxels, coords)  # donates its arrays
+def variants(base: JaxConfig, args) -> list[tuple[str, JaxConfig]]:
+    out = [(f"conv {c}", base._replace(conv=c)) for c in args.conv[1:]]
+    out += [(f"upsample {u}", base._replace(upsample=u)) for u in args.upsample[1:]]
+    out += [(f"xla {f}", base._replace(flags=f)) for f in args.xla_flags[1:]]
+    return out
+
+
+class Sweep:
+    """Runs rows in order under a time budget, writing everything measured after each row."""
+
+    def __init__(self, args, device, env):
+        self.args, self.device, self.env = args, device, env
+        self.rows, self.skipped, self.start = [], [], time.perf_counter()
+
+    def run(self, label: str, grid, batch, precision, jax_configs, torch_configs, trace_dir=None) -> dict | None:
+        if self.args.budget_s is not None and time.perf_counter() - self.start > self.args.budget_s:
+            self.skipped.append(f"{label} ({precision.label()}, batch {batch}): time budget spent")
+            self.write()
+            return None
+        t0 = time.perf_counter()
+        record = measure(grid, batch, precision, jax_configs, torch_configs, self.args, self.device, trace_dir)
+        record.update(label=label, seconds=time.perf_counter() - t0)
+        self.rows.append(record)
+        print(f"[{time.perf_counter() - self.start:.0f} s] {label}, {precision.label()}, {grid}^3 batch {batch}: "
+              f"{record.get('jax_over_torch', record['errors'])}", flush=True)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.write()
+        return record
+
+    def write(self):
+        write_result(self.args.out, "train_step", {"environment": self.env, "rows": self.rows,
+                                                   "skipped": self.skipped}, self.markdown(), echo=False)
+
+    def markdown(self) -> str:
+        lines = []
+        for r in self.rows:
+            for name, cfg in r["jax_configs"].items():
+                for t in sorted(r.get("jax_over_torch", {}).get(name, {})):
+                    lines.append([r["label"], f"{r['grid']}^3", r["batch"], r["precision"],
+                                  JaxConfig(**cfg).label(), _t(r, name), t, _t(r, t), r["jax_over_torch"][name][t],
+                                  r["samples_per_s"][name], r["samples_per_s"][t],
+                                  100 * r["fraction_of_peak"][name], 100 * r["fraction_of_peak"][t],
+                                  _mib(r["jax_step_bytes"].get(name)), _mib(r.get("torch_peak_bytes"))])
+        table = markdown_table(
+            ["row", "grid", "batch", "precision", "JAX configuration", "JAX s/step", "torch config", "torch s/step",
+             "JAX / torch time", "JAX samples/s", "torch samples/s", "JAX % of peak", "torch % of peak",
+             "JAX step MiB (XLA plan)", "torch peak MiB (row)"], lines)
+        errors = [f"- {r['label']} ({r['precision']}, batch {r['batch']}): {k}: {v}"
+                  for r in self.rows for k, v in r["errors"].items()]
+        notes = errors + [f"- skipped: {s}" for s in self.skipped]
+        peak = ("peak: a 2048^3 float32 GEMM under XLA, measured beside each row" if not on_gpu() else
+                "peak: --peak-tflops or the device's dense data-sheet peak for the precision (bench/roofline.py)")
+        return f"Training step. {describe(self.env)}; {peak}.\n\n{table}\n" + ("\n" + "\n".join(notes) if notes else "")
+
+
+def trace(jax_call, directory: Path) -> None:
+    """jax.profiler trace of three steps of an already compiled step."""
     sync(jax_call())
-    with jax.profiler.trace(str(args.profile)):
+    with jax.profiler.trace(str(directory)):
         for _ in range(3):
             sync(jax_call())
-    jmodel, tmodel = model_pair(args.conv, "float32", device)
-    rng = np.random.default_rng(3)
-    rows, total = [], {"jax": 0.0, "torch": 0.0}
-    entries = [(p, what, cin, div, count) for p, what, cin, div, count in PROFILE_BLOCKS]
-    entries.append(("loss", f"MSE over {grid // 2}^3 x {JOINTS} heatmaps", JOINTS, 2, 1))
-    for path, what, cin, div, count in entries:
-        n = grid // div
-        if path == "loss":
-            calls = loss_calls(grid, batch, device)
-        else:
-            x = rng.random((batch, n, n, n, cin), np.float32)
-            calls = block_calls(submodule(jmodel, path), tmodel.get_submodule(path), x, device,
-                                input_grad=path != "front_layers.0")
-        t = interleaved(dict(zip(("jax", "torch"), calls)), args.rounds, args.repeats)
-        for k in total:
-            total[k] += count * t[k]["wall_s"]
-        rows.append([path, what, f"{n}^3", count, 1e3 * t["jax"]["wall_s"], 1e3 * t["torch"]["wall_s"],
-                     ratio(t, "jax", "torch"), count * t["jax"]["wall_s"] / step_row["times"]["jax"]["wall_s"]])
-    rows.append(["sum (x count)", "", "", "", 1e3 * total["jax"], 1e3 * total["torch"], total["jax"] / total["torch"],
-                 total["jax"] / step_row["times"]["jax"]["wall_s"]])
-    rows.append(["whole step", "", "", "", 1e3 * step_row["times"]["jax"]["wall_s"],
-                 1e3 * step_row["times"]["torch"]["wall_s"], step_row["jax_over_torch_time"], 1.0])
-    return markdown_table(["block", "what", "input grid", "count", "JAX fwd+bwd ms", "torch fwd+bwd ms",
-                           "JAX / torch", "JAX share of step (x count)"], rows)
+
+
+def sweep(args, device, env) -> Sweep:
+    s = Sweep(args, device, env)
+    base = JaxConfig(args.conv[0], args.upsample[0], args.xla_flags[0])
+    plain_torch = [t for t in args.torch if t != "compiled"]
+    precisions = [Precision(d, t == "on") for d in args.dtypes for t in (args.tf32 if d == "float32" else ["on"])]
+    for grid, batch in zip(args.grids, args.batches):
+        baselines = {}
+        for p in precisions:
+            first = not s.rows
+            baselines[p] = s.run("baseline", grid, batch, p, {"jax": base}, plain_torch,
+                                 args.trace if first else None)
+        for p in precisions:
+            reference = fastest_torch(baselines[p] or {}, plain_torch)
+            base_ratio = (baselines[p] or {}).get("jax_over_torch", {}).get("jax", {}).get(reference)
+            better = {}
+            for label, cfg in variants(base, args):
+                r = s.run(label, grid, batch, p, {"jax": cfg}, [reference])
+                got = (r or {}).get("jax_over_torch", {}).get("jax", {}).get(reference)
+                if got is not None and base_ratio is not None and got < base_ratio:
+                    field = label.split()[0].replace("xla", "flags")
+                    if field not in better or got < better[field][1]:
+                        better[field] = (cfg._asdict()[field], got)
+            if len(better) > 1:
+                combined = base._replace(**{f: v for f, (v, _) in better.items()})
+                s.run("best variants combined", grid, batch, p, {"jax": combined}, [reference])
+        if "compiled" in args.torch:
+            for p in precisions:
+                s.run("torch.compile", grid, batch, p, {"jax": base}, ["compiled"])
+        if args.max_batch:
+            for p in precisions:
+                if baselines[p] and "times" in baselines[p]:
+                    reference = fastest_torch(baselines[p], plain_torch)
+                    s.run("largest batch", grid, max_batch(baselines[p]), p, {"jax": base}, [reference])
+    return s
 
 
 def main(argv=None):
-    p = base_parser(__doc__)
+    p = base_parser(__doc__, conv_option=False, layout_option=False)
     p.add_argument("--grids", type=int, nargs="+", default=[32, 88])
     p.add_argument("--batches", type=int, nargs="+", help="one per grid (default CPU: 4 at 32^3, 1 at 88^3; GPU 8)")
-    p.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="bfloat16 runs on GPU only")
-    p.add_argument("--peak-tflops", type=float, help="device peak (default H100 SXM dense by dtype; CPU: measured)")
-    p.add_argument("--profile", type=Path,
-                   help="directory for a jax.profiler trace and the per-block table (float32, the last grid)")
+    p.add_argument("--width", type=int, default=32, help="network width (V2V: 32)")
+    p.add_argument("--dtypes", nargs="+", choices=("float32", "bfloat16"),
+                   help="default float32 and bfloat16 on GPU, float32 on CPU (XLA's CPU has no fast bfloat16 "
+                        "3D convolution; asked for, it runs)")
+    p.add_argument("--tf32", nargs="+", choices=("on", "off"), default=["on"],
+                   help="float32 with TF32 convolutions and products (JAX precision default, torch allow_tf32) "
+                        "and/or without (JAX precision highest); identical on CPU")
+    p.add_argument("--conv", nargs="+", default=["auto"], choices=("auto",) + CONV_IMPLS,
+                   help="JAX convolution formulations, the first the baseline (auto = per backend, "
+                        "v2v_jax.formulations.AUTO_CONV)")
+    p.add_argument("--upsample", nargs="+", default=["einsum"], choices=UPSAMPLE_IMPLS,
+                   help="JAX ConvTranspose3d formulations, the first the baseline")
+    p.add_argument("--xla-flags", nargs="+", default=["default"],
+                   help=f"XLA option sets, the first the baseline: {', '.join(XLA_FLAG_SETS)} or xla_KEY=VALUE[,...]")
+    p.add_argument("--torch", nargs="+", default=["plain", "best"], choices=TORCH_CONFIGS,
+                   help="PyTorch configurations (bench/common.py TORCH_CONFIGS)")
+    p.add_argument("--torch-compile-backend", default="inductor",
+                   help="torch.compile backend of the `compiled` configuration ('eager' only traces: quick)")
+    p.add_argument("--max-batch", action="store_true", help="also the largest batch that fits (see above)")
+    p.add_argument("--budget-s", type=float, help="start no new row after this many seconds")
+    p.add_argument("--peak-tflops", type=float, help="device peak (default: data sheet by device and precision; "
+                                                     "CPU: measured)")
+    p.add_argument("--trace", type=Path, help="directory for a jax.profiler trace of the first baseline's step")
     args = parse(p, argv)
+    for name in args.xla_flags:
+        xla_options(name)  # a bad name fails before anything is compiled
     device = setup_torch()
-    batches = args.batches or [8 if device.type == "cuda" else (4 if g <= 32 else 1) for g in args.grids]
-    if len(batches) != len(args.grids):
-        raise SystemExit(f"--batches needs one value per grid ({len(args.grids)}), got {len(batches)}")
+    args.dtypes = args.dtypes or (["float32", "bfloat16"] if device.type == "cuda" else ["float32"])
+    args.batches = args.batches or [8 if device.type == "cuda" else (4 if g <= 32 else 1) for g in args.grids]
+    if len(args.batches) != len(args.grids):
+        p.error(f"--batches needs one value per grid ({len(args.grids)}), got {len(args.batches)}")
+    if any(g % 8 for g in args.grids):
+        p.error(f"--grids {args.grids}: each must be a multiple of 8 (the network halves the grid three times)")
     env = header(args)
-    rows = [measure(g, b, d, args, device) for g, b in zip(args.grids, batches) for d in check_dtypes(args.dtypes)]
-    table = markdown_table(
-        ["grid", "batch", "dtype", "JAX s/step", "torch s/step", "JAX / torch time", "JAX samples/s",
-         "torch samples/s", "JAX CPU s", "torch CPU s", "GFLOP/step", "peak TFLOP/s", "JAX % of peak",
-         "torch % of peak",
-         "JAX step MiB (XLA plan)", "JAX peak MiB (process so far)", "torch peak MiB"],
-        [[f"{r['grid']}^3", r["batch"], r["dtype"], r["times"]["jax"]["wall_s"], r["times"]["torch"]["wall_s"],
-          r["jax_over_torch_time"], r["jax_samples_per_s"], r["torch_samples_per_s"], r["times"]["jax"]["cpu_s"],
-          r["times"]["torch"]["cpu_s"], r["step_gflop"], r["peak_tflops"], 100 * r["jax_fraction_of_peak"],
-          100 * r["torch_fraction_of_peak"], _mib(r["jax_step_bytes"]), _mib(r["jax_peak_bytes_in_use"]),
-          _mib(r["torch_peak_bytes"])]
-         for r in rows])
-    peak_note = ("peak: a 2048^3 float32 GEMM under XLA, measured beside each row" if device.type == "cpu"
-                 else "peak: --peak-tflops or H100 SXM dense (TF32 494, bfloat16 989 TFLOP/s)")
-    markdown = f"Training step. {describe(env)}; {peak_note}.\n\n{table}"
-    result = {"environment": env, "rows": rows}
-    if args.profile is not None:
-        i = max(range(len(rows)), key=lambda j: (rows[j]["grid"], rows[j]["dtype"] == "float32"))
-        per_block = profile(rows[i]["grid"], rows[i]["batch"], args, device, rows[i])
-        markdown += (f"\n\nPer block, float32, {rows[i]['grid']}^3 batch {rows[i]['batch']} (trace in "
-                     f"{args.profile.name}/):\n\n{per_block}")
-        result["per_block_markdown"] = per_block
-    write_result(args.out, "train_step", result, markdown)
+    result = sweep(args, device, env)
+    print(result.markdown())
+
+
+def _t(record, name):
+    return record["times"][name]["wall_s"]
 
 
 def _mib(n):

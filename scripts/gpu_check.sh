@@ -1,19 +1,46 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark of the project in one time-boxed run (default 480 s on one H100).
+# Every GPU check and benchmark of the project in one time-boxed call (default 460 s on one H100 or H200).
 #
-#   bash scripts/gpu_check.sh [RESULT_DIR]     # default: $OUT if set (device tool), else docs/results/gpu
+#   bash scripts/gpu_check.sh [RESULT_DIR]            # default: $OUT if set (device tool), else docs/results/gpu-DATE
+#   bash scripts/gpu_check.sh --dry-run [RESULT_DIR]  # the same steps at tiny sizes on the CPU (default: a temp dir)
+#   STEPS="e2e_jax study_precision" bash scripts/gpu_check.sh   # only these steps (names as in summary.txt)
 #
-# Steps run in order of importance, each with its own time limit cut to what is left of the deadline (env
-# DEADLINE, seconds); a step that cannot get 20 s is skipped, and a failing step does not stop the others. Each
-# logs to NAME.log and writes its results beside it; RESULT_DIR receives summary.txt, environment.txt and
-# gpu_results.tgz with everything (the device tool returns at most 8 files). Wheels in .whl/ (flax, tensorboardX)
-# are installed first when present, for images that lack them.
+# Steps run in order of importance, each with its own time limit, cut to what is left of the deadline (env
+# DEADLINE, seconds); a step that cannot get 20 s is skipped (dry run: 5 s), and a failing step does not stop the
+# others. Each step logs to NAME.log and writes its results (JSON and markdown) to NAME/ or NAME.md beside it; after
+# every step summary.txt, summary.jsonl (one line per step: rc, seconds, its result file and whether it exists) and,
+# under the device tool ($OUT set: at most 8 files come back), gpu_results.tgz with everything are rewritten, so a
+# call cut short keeps what it measured. Wheels in .whl/ (flax, tensorboardX) are installed first when present.
 set -u
-result_dir=${1:-${OUT:-docs/results/gpu}}
-deadline=${DEADLINE:-480}
-out=$(mktemp -d)
-mkdir -p "$result_dir"
+dry=0
+positional=()
+for a in "$@"; do
+  case $a in
+    --dry-run) dry=1 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -*) echo "gpu_check.sh: unknown option $a (see --help)" >&2; exit 2 ;;
+    *) positional+=("$a") ;;
+  esac
+done
+if (( dry )); then
+  result_dir=${positional[0]:-$(mktemp -d)/gpu-dry-run}
+  deadline=${DEADLINE:-240}
+  min_step=5
+  pack=0
+else
+  result_dir=${positional[0]:-${OUT:-docs/results/gpu-$(date -u +%Y-%m-%d)}}
+  deadline=${DEADLINE:-460}
+  min_step=20
+  pack=$([[ -n ${OUT:-} && $result_dir == "${OUT:-}" ]] && echo 1 || echo 0)
+fi
+mkdir -p "$result_dir" || exit 2
+if (( pack )); then work=$(mktemp -d); else work=$result_dir; fi
+: > "$work/summary.txt"
+: > "$work/summary.jsonl"
 export PYTHONUNBUFFERED=1
+# Programs compiled twice in this call (the same JAX model under another torch switch) compile once.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$(mktemp -d)}
+export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=0
 if compgen -G ".whl/*.whl" > /dev/null; then
   rm -rf /tmp/site
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -23,63 +50,141 @@ else
 fi
 start=$(date +%s)
 
-step() {  # step NAME SECONDS COMMAND...
-  local name=$1 limit=$2
-  shift 2
+publish() {  # the summary (and under the device tool the tarball) as they stand now
+  if (( pack )); then
+    cp "$work/summary.txt" "$work/summary.jsonl" "$result_dir/"
+    [[ -f $work/environment.txt ]] && cp "$work/environment.txt" "$result_dir/"
+    tar -czf "$result_dir/gpu_results.tgz.part" -C "$work" --exclude=trace . && \
+      mv "$result_dir/gpu_results.tgz.part" "$result_dir/gpu_results.tgz"
+  fi
+}
+
+wanted() { [[ -z ${STEPS:-} || " $STEPS " == *" $1 "* ]]; }
+
+step() {  # step NAME SECONDS RESULT COMMAND...: run COMMAND with at most SECONDS; RESULT is the file it writes
+  local name=$1 limit=$2 result=$3
+  shift 3
+  wanted "$name" || return 0
   local left=$(( deadline - ($(date +%s) - start) ))
-  if (( left < 20 )); then
-    echo "$name skipped: deadline" | tee -a "$out/summary.txt"
-    return
+  if (( left < min_step )); then
+    echo "$name skipped: deadline" | tee -a "$work/summary.txt"
+    printf '{"step": "%s", "status": "skipped", "reason": "deadline"}\n' "$name" >> "$work/summary.jsonl"
+    publish
+    return 0
   fi
   (( limit > left )) && limit=$left
   local t0=$(date +%s)
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1
-  local rc=$?
-  printf '%-30s rc=%-3s %4ss  (total %ss)\n' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(( $(date +%s) - start ))" \
-    | tee -a "$out/summary.txt"
+  timeout -k 10 "$limit" "$@" > "$work/$name.log" 2>&1
+  local rc=$? seconds=$(( $(date +%s) - t0 )) present=false
+  [[ -s $work/$result ]] && present=true
+  local status=ok
+  (( rc == 124 || rc == 137 )) && status=timeout
+  (( rc != 0 && rc != 124 && rc != 137 )) && status=failed
+  [[ $status == ok && $present == false ]] && status=no-result
+  printf '%-22s rc=%-3s %4ss of %4ss  (total %4ss)  %-9s %s\n' "$name" "$rc" "$seconds" "$limit" \
+    "$(( $(date +%s) - start ))" "$status" "$result" | tee -a "$work/summary.txt"
+  printf '{"step": "%s", "status": "%s", "rc": %d, "seconds": %d, "limit_s": %d, "result": "%s", "present": %s}\n' \
+    "$name" "$status" "$rc" "$seconds" "$limit" "$result" "$present" >> "$work/summary.jsonl"
+  publish
 }
 
-{
-  date -u
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-  python3 -c "import jax, flax, optax, torch; print('jax', jax.__version__, jax.devices()); \
-print('flax', flax.__version__, 'optax', optax.__version__, 'torch', torch.__version__, torch.cuda.get_device_name())"
-} > "$out/environment.txt" 2>&1
-cat "$out/environment.txt"
+budget() {  # budget SECONDS MARGIN: what a step given SECONDS will really get (the deadline), less MARGIN
+  local left=$(( deadline - ($(date +%s) - start) ))
+  local limit=$(( $1 < left ? $1 : left ))
+  echo $(( limit - $2 > 1 ? limit - $2 : 1 ))
+}
 
-# Precision and backend study (issue 7), first: the H200 run of 2026-11-28 spent its 75 s budget on the PyTorch
-# configurations and skipped JAX float32-highest, float64, bfloat16 and one-pass BN. Its own budget keeps it inside
-# the step's limit.
-step study_precision 180 python3 -m parity_tests.studies precision --device gpu --budget-s 150 --out "$out/precision"
+if (( dry )); then
+  dev=cpu grid=16 batch=2 width=4
+  par_size=(--grid 16 --width 4 --batch 2)
+  bench_time=(--rounds 1 --repeats 1)
+  conv=xla  # the CPU default (depth_folded) compiles 4x slower; its speed is not what the dry run checks
+  # One row, a few blocks, one study configuration: the dry run checks that each tool runs, not their numbers.
+  fixed_budget=1 study_size=(--steps 2 --grid 16 --width 4 --samples 1)
+  e2e=(--grid 16 --width 4 --batch-size 2 --synth-frames 68 --synth-subjects 2 --max-steps 3)
+  torch_compile_backend=eager
+else
+  dev=gpu grid=88 batch=8 width=32
+  par_size=(--grid 32 --width 32 --batch 4)
+  bench_time=(--rounds 2 --repeats 3)
+  conv=auto
+  fixed_budget= study_size=()
+  e2e=(--preset paper --synth-frames 680 --max-steps 40)
+  torch_compile_backend=inductor
+fi
 
-parity() {  # parity NAME ARGS...: the report tool at 32^3, full width, batch 4
+# 1. Environment.
+step environment 30 environment.txt bash -c '{
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | head -3
+  python3 -c "import jax, flax, optax, torch; print(\"jax\", jax.__version__, jax.devices()); \
+print(\"flax\", flax.__version__, \"optax\", optax.__version__, \"torch\", torch.__version__, \
+torch.cuda.get_device_name() if torch.cuda.is_available() else \"no CUDA\")"; } | tee "$0"' "$work/environment.txt"
+
+# 2. The calibrated parity report on the device: float32 with TF32 off and on, and PyTorch's cuDNN (its BatchNorm
+# among its kernels) on and off. The report's --cudnn and --json flags are used where the tool has them.
+report_has() { grep -q -- "\"$1\"" parity_tests/report.py; }
+parity() {  # parity NAME ARGS...
   local name=$1
   shift
-  step "parity_$name" 45 python3 -m parity_tests.report --device gpu --grid 32 --width 32 --batch 4 "$@" \
-    --out "$out/parity_$name.md"
+  local extra=()
+  report_has --json && extra+=(--json "$work/parity_$name.json")
+  step "parity_$name" 35 "parity_$name.md" python3 -m parity_tests.report --device "$dev" "${par_size[@]}" \
+    "$@" "${extra[@]}" --out "$work/parity_$name.md"
 }
-
-# Parity on the GPU (issue 2): TF32 off and on, and channels_last_3d (cuDNN's persistent BatchNorm).
 parity float32_tf32off --dtype float32 --tf32 off
 parity float32_tf32on --dtype float32 --tf32 on
-parity float32_channels_last --dtype float32 --tf32 off --channels-last
+if report_has --cudnn; then
+  parity float32_tf32off_nocudnn --dtype float32 --tf32 off --cudnn off
+else  # channels_last_3d: torch's cuDNN persistent BatchNorm instead of its NCDHW kernel
+  parity float32_tf32off_channels_last --dtype float32 --tf32 off --channels-last
+fi
 
-# Training-step speed, JAX vs PyTorch, float32 (TF32) and bfloat16, 32^3 and 88^3, with a profile (issue 8).
-step bench_train_step 120 python3 bench/train_step.py --out "$out/train_step" --profile "$out/profile"
+# 3. The planted-bug table: every planted bug must be caught on the device too.
+if [[ -f parity_tests/mutations.py ]]; then
+  mut_size=()
+  grep -q -- '"--grid"' parity_tests/mutations.py && (( dry )) && mut_size=(--grid 16 --width 4)
+  step mutations 45 mutations.md python3 -m parity_tests.mutations --device "$dev" "${mut_size[@]}" \
+    --out "$work/mutations.md"
+else
+  step mutations 5 mutations.md bash -c 'echo "skipped: parity_tests/mutations.py is not in this checkout" | tee "$0"' \
+    "$work/mutations.md"
+fi
 
-# On-device geometry throughput at batch 64 (issue 3).
-step bench_geometry 45 python3 bench/geometry.py --out "$out/geometry"
+# 4. Training step at 88^3, batch 8 and the largest batch that fits: float32 with TF32 on and off and bfloat16; JAX
+# with each formulation and XLA option set alone (then the winners combined) against PyTorch's fastest
+# configuration a user would pick, its plain one and torch.compile; a profiler trace of the first step.
+step train_step 130 train_step/train_step.json python3 bench/train_step.py --grids "$grid" --batches "$batch" \
+  --width "$width" --dtypes float32 bfloat16 --tf32 on off "${bench_time[@]}" \
+  --conv "$conv" folded_stem im2col_stem --upsample einsum pad_conv phases depth_to_space conv_transpose \
+  --xla-flags default autotune0 nhwc runtime_fusion no_triton_gemm --torch plain best compiled \
+  --torch-compile-backend "$torch_compile_backend" --max-batch --budget-s "${fixed_budget:-$(budget 130 35)}" \
+  --out "$work/train_step" --trace "$work/trace"
+if [[ -d $work/trace ]] && (( pack )); then  # its own file: the trace can be large
+  tar -czf "$result_dir/trace.tgz" -C "$work" trace
+  (( $(stat -c %s "$result_dir/trace.tgz") > 15000000 )) && rm "$result_dir/trace.tgz"
+fi
 
-# End-to-end training at the paper's configuration (88^3, width 32, batch 8) on a small synthetic set: JAX with
-# on-device geometry vs the PyTorch reference with the port's per-sample NumPy pipeline in 12 DataLoader workers.
-common="--preset paper --root /tmp/synth --synth-frames 680 --epochs 1 --max-steps 60 --plots false"
-step e2e_jax 90 python3 train.py $common --out /tmp/e2e_jax --eval-batches 2
-step e2e_torch 75 python3 -m v2v_torch_ref.train $common --out /tmp/e2e_torch --num-workers 12
-grep -H "steady state" "$out"/e2e_*.log > "$out/e2e_summary.txt"
+# 5. Per block: forward + backward of each block alone, every stem and upsampling formulation, FLOPs, bytes and
+# the roofline bound of each (bench/roofline.py), float32 (TF32) then bfloat16.
+step blocks 45 blocks/blocks.json python3 bench/blocks.py --grid "$grid" --batch "$batch" --width "$width" \
+  --dtypes float32 bfloat16 "${bench_time[@]}" --conv "$conv" folded_stem im2col_stem \
+  --upsample einsum pad_conv phases depth_to_space conv_transpose --budget-s "${fixed_budget:-$(budget 45 15)}" \
+  --out "$work/blocks"
 
-parity float64 --dtype float64 --tf32 off
-step bench_upsample 30 python3 bench/upsample.py --batch 8 --out "$out/upsample"
+# 6. End to end at the paper's configuration on a small synthetic set: JAX with on-device geometry against the
+# PyTorch reference with the port's per-sample NumPy pipeline in DataLoader workers.
+workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
+step e2e_jax 50 e2e_jax/metrics.jsonl python3 train.py "${e2e[@]}" --root "$work/synth" --epochs 1 --plots false \
+  --eval-batches 1 --out "$work/e2e_jax"
+step e2e_torch 30 e2e_torch/model.pth python3 -m v2v_torch_ref.train "${e2e[@]}" --root "$work/synth" --epochs 1 \
+  --plots false --num-workers "$workers" --out "$work/e2e_torch"
+grep -h "steady state" "$work"/e2e_*.log > "$work/e2e_summary.txt" 2>/dev/null
 
-echo "done in $(( $(date +%s) - start ))s" | tee -a "$out/summary.txt"
-tar -czf "$result_dir/gpu_results.tgz" -C "$out" .
-cp "$out/summary.txt" "$out/environment.txt" "$result_dir/"
+# 7. The precision study, every configuration (the cuDNN-BatchNorm float32 rows included), last: its own budget
+# stops it starting configurations in time to write its report.
+step study_precision 130 precision/report.md python3 -m parity_tests.studies precision --device "$dev" \
+  "${study_size[@]}" --budget-s "${fixed_budget:-$(budget 130 25)}" --out "$work/precision"
+rm -rf "$work/synth"
+
+echo "done in $(( $(date +%s) - start ))s" | tee -a "$work/summary.txt"
+publish
