@@ -4,21 +4,22 @@ JAX's formulations and XLA options against PyTorch's configurations, side by sid
     python bench/train_step.py                                   # CPU: 32^3 batch 4 and 88^3 batch 1, float32
     python bench/train_step.py --grids 32 --batches 4 --cores 1  # per core
     python bench/train_step.py --grids 88 --batches 8 --conv xla folded_stem --upsample einsum pad_conv phases \
-        --xla-flags default autotune0 nhwc --torch plain best compiled --tf32 on off --max-batch --out DIR  # GPU
+        --xla-flags default autotune0 nhwc --torch plain best compiled --tf32 on off --out DIR  # GPU
 
 One step = forward, MSE against Gaussian heatmaps (mean over B*J*(N/2)^3), backward, RMSprop(2.5e-4, alpha 0.99,
 eps 1e-8) update, BatchNorm in train mode: `v2v_jax.train.step.make_update` (targets built on the device from
 joint coordinates, state donated) against `v2v_torch_ref.train`'s step (targets given). Same weights and inputs.
 FLOPs per step are counted as 3x the forward's multiply-accumulates (bench/roofline.py) x 2.
 
-Rows, in this order (each written to DIR as soon as it is measured; no new row starts after --budget-s):
-1. baselines: for each precision (float32 with TF32 on, bfloat16, float32 with TF32 off, as requested), JAX with
-   the first --conv, --upsample and --xla-flags against every --torch configuration but `compiled`, interleaved;
-2. variants: each other --conv, --upsample and --xla-flags value alone, against the fastest torch configuration
-   of that precision's baseline, then the combination of the variants that beat the baseline;
-3. torch.compile (`compiled` in --torch) against the JAX baseline;
-4. with --max-batch, the baseline at the largest batch that both frameworks' steps fit side by side in device
-   memory (extrapolated from the first batch's memory; on CPU twice the first batch, to exercise the path).
+Row groups (--rows), in this order, each row written to DIR as soon as it is measured; no new row starts after
+--budget-s:
+baseline: for each precision (float32 with TF32 on, bfloat16, float32 with TF32 off, as requested), JAX with the
+   first --conv, --upsample and --xla-flags against every --torch configuration but `compiled`, interleaved;
+compiled: torch.compile (`compiled` in --torch) against the JAX baseline, for each precision;
+large: the baseline at the largest batch that both frameworks' steps fit side by side in device memory
+   (extrapolated from the baseline's memory; on CPU twice the first batch, to exercise the path);
+variants: each other --conv, --upsample and --xla-flags value alone, against the fastest torch configuration of
+   that precision's baseline, then the combination of the variants that beat the baseline.
 """
 
 from __future__ import annotations
@@ -189,6 +190,9 @@ def trace(jax_call, directory: Path) -> None:
             sync(jax_call())
 
 
+ROW_GROUPS = ("baseline", "variants", "compiled", "large")
+
+
 def sweep(args, device, env) -> Sweep:
     s = Sweep(args, device, env)
     base = JaxConfig(args.conv[0], args.upsample[0], args.xla_flags[0])
@@ -196,33 +200,39 @@ def sweep(args, device, env) -> Sweep:
     precisions = [Precision(d, t == "on") for d in args.dtypes for t in (args.tf32 if d == "float32" else ["on"])]
     for grid, batch in zip(args.grids, args.batches):
         baselines = {}
-        for p in precisions:
-            first = not s.rows
-            baselines[p] = s.run("baseline", grid, batch, p, {"jax": base}, plain_torch,
-                                 args.trace if first else None)
-        for p in precisions:
-            reference = fastest_torch(baselines[p] or {}, plain_torch)
-            base_ratio = (baselines[p] or {}).get("jax_over_torch", {}).get("jax", {}).get(reference)
-            better = {}
-            for label, cfg in variants(base, args):
-                r = s.run(label, grid, batch, p, {"jax": cfg}, [reference])
-                got = (r or {}).get("jax_over_torch", {}).get("jax", {}).get(reference)
-                if got is not None and base_ratio is not None and got < base_ratio:
-                    field = label.split()[0].replace("xla", "flags")
-                    if field not in better or got < better[field][1]:
-                        better[field] = (cfg._asdict()[field], got)
-            if len(better) > 1:
-                combined = base._replace(**{f: v for f, (v, _) in better.items()})
-                s.run("best variants combined", grid, batch, p, {"jax": combined}, [reference])
-        if "compiled" in args.torch:
+        if {"baseline", "variants", "large"} & set(args.rows):  # the variants' reference, the large batch's memory
+            for p in precisions:
+                baselines[p] = s.run("baseline", grid, batch, p, {"jax": base}, plain_torch,
+                                     args.trace if not s.rows else None)
+        if "compiled" in args.rows and "compiled" in args.torch:
             for p in precisions:
                 s.run("torch.compile", grid, batch, p, {"jax": base}, ["compiled"])
-        if args.max_batch:
+        if "large" in args.rows:
             for p in precisions:
                 if baselines[p] and "times" in baselines[p]:
                     reference = fastest_torch(baselines[p], plain_torch)
                     s.run("largest batch", grid, max_batch(baselines[p]), p, {"jax": base}, [reference])
+        if "variants" in args.rows:
+            for p in precisions:
+                variant_rows(s, grid, batch, p, base, baselines[p] or {}, plain_torch)
     return s
+
+
+def variant_rows(s: Sweep, grid, batch, p: Precision, base: JaxConfig, baseline: dict, plain_torch):
+    """Each variant against the baseline's fastest torch configuration; then the winners combined."""
+    reference = fastest_torch(baseline, plain_torch)
+    base_ratio = baseline.get("jax_over_torch", {}).get("jax", {}).get(reference)
+    better = {}
+    for label, cfg in variants(base, s.args):
+        r = s.run(label, grid, batch, p, {"jax": cfg}, [reference])
+        got = (r or {}).get("jax_over_torch", {}).get("jax", {}).get(reference)
+        if got is not None and base_ratio is not None and got < base_ratio:
+            field = {"conv": "conv", "upsample": "upsample", "xla": "flags"}[label.split()[0]]
+            if field not in better or got < better[field][1]:
+                better[field] = (getattr(cfg, field), got)
+    if len(better) > 1:
+        combined = base._replace(**{f: v for f, (v, _) in better.items()})
+        s.run("best variants combined", grid, batch, p, {"jax": combined}, [reference])
 
 
 def main(argv=None):
@@ -247,7 +257,9 @@ def main(argv=None):
                    help="PyTorch configurations (bench/common.py TORCH_CONFIGS)")
     p.add_argument("--torch-compile-backend", default="inductor",
                    help="torch.compile backend of the `compiled` configuration ('eager' only traces: quick)")
-    p.add_argument("--max-batch", action="store_true", help="also the largest batch that fits (see above)")
+    p.add_argument("--rows", nargs="+", choices=ROW_GROUPS, default=["baseline", "variants", "compiled"],
+                   help="row groups, run in the order baseline, compiled, large, variants (see above); `compiled` "
+                        "runs only with `compiled` in --torch")
     p.add_argument("--budget-s", type=float, help="start no new row after this many seconds")
     p.add_argument("--peak-tflops", type=float, help="device peak (default: data sheet by device and precision; "
                                                      "CPU: measured)")

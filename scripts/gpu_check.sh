@@ -6,8 +6,8 @@
 #   STEPS="e2e_jax study_precision" bash scripts/gpu_check.sh   # only these steps (names as in summary.txt)
 #
 # Steps run in order of importance, each with its own time limit, cut to what is left of the deadline (env
-# DEADLINE, seconds); a step that cannot get 20 s is skipped (dry run: 5 s), and a failing step does not stop the
-# others. Each step logs to NAME.log and writes its results (JSON and markdown) to NAME/ or NAME.md beside it; after
+# DEADLINE, seconds); a step that cannot get 20 s is skipped, and a failing step does not stop the others (the dry
+# run gives every step DRY_LIMIT seconds, default 300: a loaded CPU is no measure of a GPU's budgets). Each step logs to NAME.log and writes its results (JSON and markdown) to NAME/ or NAME.md beside it; after
 # every step summary.txt, summary.jsonl (one line per step: rc, seconds, its result file and whether it exists) and,
 # under the device tool ($OUT set: at most 8 files come back), gpu_results.tgz with everything are rewritten, so a
 # call cut short keeps what it measured. Wheels in .whl/ (flax, tensorboardX) are installed first when present.
@@ -24,7 +24,7 @@ for a in "$@"; do
 done
 if (( dry )); then
   result_dir=${positional[0]:-$(mktemp -d)/gpu-dry-run}
-  deadline=${DEADLINE:-240}
+  deadline=${DEADLINE:-1800}
   min_step=5
   pack=0
 else
@@ -72,6 +72,7 @@ step() {  # step NAME SECONDS RESULT COMMAND...: run COMMAND with at most SECOND
     publish
     return 0
   fi
+  (( dry )) && limit=${DRY_LIMIT:-300}
   (( limit > left )) && limit=$left
   local t0=$(date +%s)
   timeout -k 10 "$limit" "$@" > "$work/$name.log" 2>&1
@@ -100,7 +101,8 @@ if (( dry )); then
   bench_time=(--rounds 1 --repeats 1)
   conv=xla  # the CPU default (depth_folded) compiles 4x slower; its speed is not what the dry run checks
   # One row, a few blocks, one study configuration: the dry run checks that each tool runs, not their numbers.
-  fixed_budget=1 study_size=(--steps 2 --grid 16 --width 4 --samples 1)
+  fixed_budget=1 study_size=(--steps 2 --grid 16 --width 4 --samples 1 --conv xla)
+  compile_precisions=(--dtypes float32 --tf32 on)
   e2e=(--grid 16 --width 4 --batch-size 2 --synth-frames 68 --synth-subjects 2 --max-steps 3)
   torch_compile_backend=eager
 else
@@ -109,12 +111,13 @@ else
   bench_time=(--rounds 2 --repeats 3)
   conv=auto
   fixed_budget= study_size=()
-  e2e=(--preset paper --synth-frames 680 --max-steps 40)
+  compile_precisions=(--dtypes float32 bfloat16 --tf32 on)
+  e2e=(--preset paper --synth-frames 680 --max-steps 30)
   torch_compile_backend=inductor
 fi
 
 # 1. Environment.
-step environment 30 environment.txt bash -c '{
+step environment 30 environment.txt bash -c 'set -o pipefail; {
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | head -3
   python3 -c "import jax, flax, optax, torch; print(\"jax\", jax.__version__, jax.devices()); \
 print(\"flax\", flax.__version__, \"optax\", optax.__version__, \"torch\", torch.__version__, \
@@ -128,7 +131,7 @@ parity() {  # parity NAME ARGS...
   shift
   local extra=()
   report_has --json && extra+=(--json "$work/parity_$name.json")
-  step "parity_$name" 35 "parity_$name.md" python3 -m parity_tests.report --device "$dev" "${par_size[@]}" \
+  step "parity_$name" 30 "parity_$name.md" python3 -m parity_tests.report --device "$dev" "${par_size[@]}" \
     "$@" "${extra[@]}" --out "$work/parity_$name.md"
 }
 parity float32_tf32off --dtype float32 --tf32 off
@@ -143,40 +146,44 @@ fi
 if [[ -f parity_tests/mutations.py ]]; then
   mut_size=()
   grep -q -- '"--grid"' parity_tests/mutations.py && (( dry )) && mut_size=(--grid 16 --width 4)
-  step mutations 45 mutations.md python3 -m parity_tests.mutations --device "$dev" "${mut_size[@]}" \
+  step mutations 40 mutations.md python3 -m parity_tests.mutations --device "$dev" "${mut_size[@]}" \
     --out "$work/mutations.md"
 else
   step mutations 5 mutations.md bash -c 'echo "skipped: parity_tests/mutations.py is not in this checkout" | tee "$0"' \
     "$work/mutations.md"
 fi
 
-# 4. Training step at 88^3, batch 8 and the largest batch that fits: float32 with TF32 on and off and bfloat16; JAX
-# with each formulation and XLA option set alone (then the winners combined) against PyTorch's fastest
-# configuration a user would pick, its plain one and torch.compile; a profiler trace of the first step.
-step train_step 130 train_step/train_step.json python3 bench/train_step.py --grids "$grid" --batches "$batch" \
-  --width "$width" --dtypes float32 bfloat16 --tf32 on off "${bench_time[@]}" \
-  --conv "$conv" folded_stem im2col_stem --upsample einsum pad_conv phases depth_to_space conv_transpose \
-  --xla-flags default autotune0 nhwc runtime_fusion no_triton_gemm --torch plain best compiled \
-  --torch-compile-backend "$torch_compile_backend" --max-batch --budget-s "${fixed_budget:-$(budget 130 35)}" \
-  --out "$work/train_step" --trace "$work/trace"
+# 4. Training step at 88^3 batch 8: float32 with TF32 on and off and bfloat16; JAX with each formulation and XLA
+# option set alone (then the winners combined) against PyTorch's fastest configuration a user would pick and its
+# plain one, and a profiler trace of the first step; then torch.compile; then the largest batch that fits.
+sweep=(python3 bench/train_step.py --grids "$grid" --batches "$batch" --width "$width" "${bench_time[@]}"
+       --conv "$conv" folded_stem im2col_stem --upsample einsum pad_conv --xla-flags default nhwc runtime_fusion
+       autotune0 --torch plain best compiled --torch-compile-backend "$torch_compile_backend")
+step train_step 100 train_step/train_step.json "${sweep[@]}" --dtypes float32 bfloat16 --tf32 on off \
+  --rows baseline variants --budget-s "${fixed_budget:-$(budget 100 30)}" --out "$work/train_step" \
+  --trace "$work/trace"
 if [[ -d $work/trace ]] && (( pack )); then  # its own file: the trace can be large
   tar -czf "$result_dir/trace.tgz" -C "$work" trace
   (( $(stat -c %s "$result_dir/trace.tgz") > 15000000 )) && rm "$result_dir/trace.tgz"
 fi
+step train_step_compile 50 train_step_compile/train_step.json "${sweep[@]}" "${compile_precisions[@]}" \
+  --rows compiled --budget-s "${fixed_budget:-$(budget 50 25)}" --out "$work/train_step_compile"
+step train_step_large 30 train_step_large/train_step.json "${sweep[@]}" "${compile_precisions[@]}" \
+  --rows large --out "$work/train_step_large"
 
 # 5. Per block: forward + backward of each block alone, every stem and upsampling formulation, FLOPs, bytes and
 # the roofline bound of each (bench/roofline.py), float32 (TF32) then bfloat16.
-step blocks 45 blocks/blocks.json python3 bench/blocks.py --grid "$grid" --batch "$batch" --width "$width" \
+step blocks 35 blocks/blocks.json python3 bench/blocks.py --grid "$grid" --batch "$batch" --width "$width" \
   --dtypes float32 bfloat16 "${bench_time[@]}" --conv "$conv" folded_stem im2col_stem \
-  --upsample einsum pad_conv phases depth_to_space conv_transpose --budget-s "${fixed_budget:-$(budget 45 15)}" \
+  --upsample einsum pad_conv phases depth_to_space conv_transpose --budget-s "${fixed_budget:-$(budget 35 12)}" \
   --out "$work/blocks"
 
 # 6. End to end at the paper's configuration on a small synthetic set: JAX with on-device geometry against the
 # PyTorch reference with the port's per-sample NumPy pipeline in DataLoader workers.
 workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
-step e2e_jax 50 e2e_jax/metrics.jsonl python3 train.py "${e2e[@]}" --root "$work/synth" --epochs 1 --plots false \
+step e2e_jax 40 e2e_jax/metrics.jsonl python3 train.py "${e2e[@]}" --root "$work/synth" --epochs 1 --plots false \
   --eval-batches 1 --out "$work/e2e_jax"
-step e2e_torch 30 e2e_torch/model.pth python3 -m v2v_torch_ref.train "${e2e[@]}" --root "$work/synth" --epochs 1 \
+step e2e_torch 20 e2e_torch/model.pth python3 -m v2v_torch_ref.train "${e2e[@]}" --root "$work/synth" --epochs 1 \
   --plots false --num-workers "$workers" --out "$work/e2e_torch"
 grep -h "steady state" "$work"/e2e_*.log > "$work/e2e_summary.txt" 2>/dev/null
 
