@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import common  # noqa: F401, I001  (first: it configures torch's OpenMP threads before torch loads)
 import gc
+import os
 import time
 from pathlib import Path
 from typing import NamedTuple
@@ -100,7 +101,7 @@ def measure(grid, batch, precision: Precision, jax_configs: dict[str, JaxConfig]
         "fraction_of_peak": {k: flops / t["wall_s"] / peak for k, t in times.items()},
         "jax_over_torch": {j: {t: ratio(times, j, t) for t in torch_configs if t in times}
                            for j in jax_configs if j in times},
-        "jax_peak_bytes_in_use": jax_peak_bytes()})
+        "jax_peak_bytes_in_use": jax_peak_bytes(), "load_average": os.getloadavg()[0]})
     return record
 
 
@@ -167,12 +168,16 @@ class Sweep:
                 for t in sorted(r.get("jax_over_torch", {}).get(name, {})):
                     lines.append([r["label"], f"{r['grid']}^3", r["batch"], r["precision"],
                                   JaxConfig(**cfg).label(), _t(r, name), t, _t(r, t), r["jax_over_torch"][name][t],
+                                  " ".join(f"{a / b:.2f}" for a, b in zip(r["times"][name]["rounds_wall_s"],
+                                                                        r["times"][t]["rounds_wall_s"])),
+                                  r["times"][name]["cpu_s"] / r["times"][t]["cpu_s"], r["load_average"],
                                   r["samples_per_s"][name], r["samples_per_s"][t],
                                   100 * r["fraction_of_peak"][name], 100 * r["fraction_of_peak"][t],
                                   _mib(r["jax_step_bytes"].get(name)), _mib(r.get("torch_peak_bytes"))])
         table = markdown_table(
             ["row", "grid", "batch", "precision", "JAX configuration", "JAX s/step", "torch config", "torch s/step",
-             "JAX / torch time", "JAX samples/s", "torch samples/s", "JAX % of peak", "torch % of peak",
+             "JAX / torch time", "per round", "JAX / torch CPU s", "load (1 min)", "JAX samples/s",
+             "torch samples/s", "JAX % of peak", "torch % of peak",
              "JAX step MiB (XLA plan)", "torch peak MiB (row)"], lines)
         errors = [f"- {r['label']} ({r['precision']}, batch {r['batch']}): {k}: {v}"
                   for r in self.rows for k, v in r["errors"].items()]
