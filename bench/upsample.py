@@ -49,7 +49,7 @@ def time_call(fn, sync, repeats: int) -> list[float]:
     return out
 
 
-def bench_size(cin, cout, grid, batch, dtype, device, repeats, rounds) -> dict[str, float]:
+def bench_size(cin, cout, grid, batch, dtype, device, repeats, rounds, impls) -> dict[str, float]:
     """Median seconds of one forward + backward per formulation, measured in interleaved rounds."""
     jdtype, tdtype = PRECISIONS[dtype].compute, TORCH_DTYPES[dtype]
     rng = np.random.default_rng(0)
@@ -58,7 +58,7 @@ def bench_size(cin, cout, grid, batch, dtype, device, repeats, rounds) -> dict[s
     cot = rng.standard_normal((batch, 2 * grid, 2 * grid, 2 * grid, cout)).astype(np.float32)
     precision = jax.lax.Precision.HIGHEST if dtype == "float32" else None
     xj, kj, cj = jnp.asarray(x, jdtype), jnp.asarray(kernel, jdtype), jnp.asarray(cot)
-    steps = {impl: jax_step(impl, precision) for impl in UPSAMPLE_IMPLS}
+    steps = {impl: jax_step(impl, precision) for impl in impls}
     calls = {f"jax {impl}": (lambda s=s: s(xj, kj, cj), jax.block_until_ready) for impl, s in steps.items()}
 
     tdev = "cuda" if device == "gpu" else "cpu"
@@ -81,19 +81,18 @@ def bench_size(cin, cout, grid, batch, dtype, device, repeats, rounds) -> dict[s
     return {name: float(np.median(t)) for name, t in times.items()}
 
 
-def check_agreement(cin, cout, grid) -> dict[str, float]:
+def check_agreement(cin, cout, grid, impls) -> dict[str, float]:
     """Max relative difference of each JAX formulation's output from the first's (float32, HIGHEST precision)."""
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((1, grid, grid, grid, cin)), jnp.float32)
     k = jnp.asarray(rng.standard_normal((2, 2, 2, cin, cout)), jnp.float32)
-    base, *others = (upsample2x(x, k, impl, jax.lax.Precision.HIGHEST) for impl in UPSAMPLE_IMPLS)
-    return {impl: float(jnp.max(jnp.abs(y - base)) / jnp.max(jnp.abs(base)))
-            for impl, y in zip(UPSAMPLE_IMPLS[1:], others)}
+    base, *others = (upsample2x(x, k, impl, jax.lax.Precision.HIGHEST) for impl in impls)
+    return {impl: float(jnp.max(jnp.abs(y - base)) / jnp.max(jnp.abs(base))) for impl, y in zip(impls[1:], others)}
 
 
 def to_markdown(result: dict) -> str:
     names = list(result["sizes"][0]["seconds"])
-    base = f"jax {UPSAMPLE_IMPLS[0]}"
+    base = f"jax {result['impls'][0]}"
     lines = [f"{result['device']}, {result['dtype']}, batch {result['batch']}, {result['date']}", "",
              "| block (in->out ch, grid) | " + " | ".join(f"{n} (ms)" for n in names)
              + " | " + " | ".join(f"{n} / {base}" for n in names if n != base) + " |",
@@ -113,6 +112,8 @@ def main(argv=None):
     p.add_argument("--dtype", choices=sorted(DTYPES), default="float32")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per formulation per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    p.add_argument("--impls", nargs="+", choices=UPSAMPLE_IMPLS, default=list(UPSAMPLE_IMPLS),
+                   help="formulations to time (the first is the base of the ratios)")
     p.add_argument("--out", type=Path, help="directory for upsample.json and upsample.md")
     args = p.parse_args(argv)
     device = jax.default_backend()
@@ -120,12 +121,12 @@ def main(argv=None):
     result = {"date": str(datetime.date.today()), "batch": args.batch, "dtype": args.dtype,
               "device": (f"{jax.devices()[0].device_kind}" if device == "gpu"
                          else f"CPU ({platform.machine()}, {torch.get_num_threads()} torch threads)"),
-              "sizes": []}
+              "impls": args.impls, "sizes": []}
     for name, cin, cout, div in SIZES:
         grid = args.grid // div
-        seconds = bench_size(cin, cout, grid, args.batch, args.dtype, device, args.repeats, args.rounds)
+        seconds = bench_size(cin, cout, grid, args.batch, args.dtype, device, args.repeats, args.rounds, args.impls)
         result["sizes"].append({"name": name, "cin": cin, "cout": cout, "grid": grid, "seconds": seconds,
-                                f"max_rel_diff_vs_{UPSAMPLE_IMPLS[0]}": check_agreement(cin, cout, grid)})
+                                f"max_rel_diff_vs_{args.impls[0]}": check_agreement(cin, cout, grid, args.impls)})
     text = to_markdown(result)
     print(text)
     if args.out:
