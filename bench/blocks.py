@@ -30,7 +30,7 @@ from common import (JOINTS, autocast, base_parser, describe, header, inputs, int
                     model_pair, on_gpu, parse, ratio, set_torch_backends, setup_torch, target_heatmaps, to_torch,
                     torch_model, write_result)
 from v2v_jax import geometry
-from v2v_jax.formulations import CONV_IMPLS, UPSAMPLE_IMPLS
+from v2v_jax.formulations import CONV_IMPLS, STEM_IMPLS, UPSAMPLE_IMPLS
 
 
 def submodule(model, path: str):
@@ -108,7 +108,9 @@ def cost(compiled) -> dict:
 def block_variants(block: roofline.Block, args) -> list[tuple[str, str]]:
     """(conv, upsample) formulations to time for this block: every requested one where the block has it."""
     if block.kind in ("basic", "res", "conv") and block.kernel > 1:
-        return [(c, args.upsample[0]) for c in args.conv]
+        # the stem hybrids are XLA's convolution on every block but the one-channel stem: timed there only
+        convs = [c for c in args.conv if block.cin == 1 or c not in STEM_IMPLS]
+        return [(c, args.upsample[0]) for c in convs]
     if block.kind == "up":
         return [(args.conv[0], u) for u in args.upsample]
     return [(args.conv[0], args.upsample[0])]

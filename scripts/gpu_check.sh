@@ -54,7 +54,8 @@ publish() {  # the summary (and under the device tool the tarball) as they stand
   if (( pack )); then
     cp "$work/summary.txt" "$work/summary.jsonl" "$result_dir/"
     [[ -f $work/environment.txt ]] && cp "$work/environment.txt" "$result_dir/"
-    tar -czf "$result_dir/gpu_results.tgz.part" -C "$work" --exclude=trace . && \
+    tar -czf "$result_dir/gpu_results.tgz.part" -C "$work" --exclude=./trace --exclude=checkpoints --exclude='*.pth' \
+      --exclude=tensorboard . && \
       mv "$result_dir/gpu_results.tgz.part" "$result_dir/gpu_results.tgz"
   fi
 }
@@ -181,17 +182,18 @@ step blocks 35 blocks/blocks.json python3 bench/blocks.py --grid "$grid" --batch
 # 6. End to end at the paper's configuration on a small synthetic set: JAX with on-device geometry against the
 # PyTorch reference with the port's per-sample NumPy pipeline in DataLoader workers.
 workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
-step e2e_jax 40 e2e_jax/metrics.jsonl python3 train.py "${e2e[@]}" --root "$work/synth" --epochs 1 --plots false \
+scratch=$(mktemp -d)  # the synthetic set
+step e2e_jax 40 e2e_jax/metrics.jsonl python3 train.py "${e2e[@]}" --root "$scratch/synth" --epochs 1 --plots false \
   --eval-batches 1 --out "$work/e2e_jax"
-step e2e_torch 20 e2e_torch/model.pth python3 -m v2v_torch_ref.train "${e2e[@]}" --root "$work/synth" --epochs 1 \
+step e2e_torch 20 e2e_torch/model.pth python3 -m v2v_torch_ref.train "${e2e[@]}" --root "$scratch/synth" --epochs 1 \
   --plots false --num-workers "$workers" --out "$work/e2e_torch"
 grep -h "steady state" "$work"/e2e_*.log > "$work/e2e_summary.txt" 2>/dev/null
+rm -rf "$scratch" "$work"/e2e_jax/checkpoints "$work"/e2e_torch/model.pth  # the runs' weights are not results
 
 # 7. The precision study, every configuration (the cuDNN-BatchNorm float32 rows included), last: its own budget
 # stops it starting configurations in time to write its report.
 step study_precision 130 precision/report.md python3 -m parity_tests.studies precision --device "$dev" \
   "${study_size[@]}" --budget-s "${fixed_budget:-$(budget 130 25)}" --out "$work/precision"
-rm -rf "$work/synth"
 
 echo "done in $(( $(date +%s) - start ))s" | tee -a "$work/summary.txt"
 publish
