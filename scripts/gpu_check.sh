@@ -98,7 +98,7 @@ budget() {  # budget SECONDS MARGIN: what a step given SECONDS will really get (
 
 if (( dry )); then
   dev=cpu grid=16 batch=2 width=4
-  par_size=(--grid 16 --width 4 --batch 2)
+  par_size=(--grid 16 --width 4 --batch 2 --steps 1 --conv xla)
   bench_time=(--rounds 1 --repeats 1)
   conv=xla  # the CPU default (depth_folded) compiles 4x slower; its speed is not what the dry run checks
   # One row, a few blocks, one study configuration: the dry run checks that each tool runs, not their numbers.
@@ -125,23 +125,16 @@ print(\"flax\", flax.__version__, \"optax\", optax.__version__, \"torch\", torch
 torch.cuda.get_device_name() if torch.cuda.is_available() else \"no CUDA\")"; } | tee "$0"' "$work/environment.txt"
 
 # 2. The calibrated parity report on the device: float32 with TF32 off and on, and PyTorch's cuDNN (its BatchNorm
-# among its kernels) on and off. The report's --cudnn and --json flags are used where the tool has them.
-report_has() { grep -q -- "\"$1\"" parity_tests/report.py; }
+# among its kernels) on and off.
 parity() {  # parity NAME ARGS...
   local name=$1
   shift
-  local extra=()
-  report_has --json && extra+=(--json "$work/parity_$name.json")
-  step "parity_$name" 30 "parity_$name.md" python3 -m parity_tests.report --device "$dev" "${par_size[@]}" \
-    "$@" "${extra[@]}" --out "$work/parity_$name.md"
+  step "parity_$name" 30 "parity_$name.json" python3 -m parity_tests.report --device "$dev" "${par_size[@]}" \
+    "$@" --json "$work/parity_$name.json" --out "$work/parity_$name.md"
 }
-parity float32_tf32off --dtype float32 --tf32 off
-parity float32_tf32on --dtype float32 --tf32 on
-if report_has --cudnn; then
-  parity float32_tf32off_nocudnn --dtype float32 --tf32 off --cudnn off
-else  # channels_last_3d: torch's cuDNN persistent BatchNorm instead of its NCDHW kernel
-  parity float32_tf32off_channels_last --dtype float32 --tf32 off --channels-last
-fi
+parity float32_tf32off_cudnn --dtype float32 --tf32 off --cudnn on
+parity float32_tf32on_cudnn --dtype float32 --tf32 on --cudnn on
+parity float32_tf32off_nocudnn --dtype float32 --tf32 off --cudnn off
 
 # 3. The planted-bug table: every planted bug must be caught on the device too.
 if [[ -f parity_tests/mutations.py ]]; then
