@@ -289,9 +289,9 @@ def torch_peak_memory(record: dict, key: str):
     record[key] = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
 
 
-def train_step_flops(grid: int, batch: int) -> float:
+def train_step_flops(grid: int, batch: int, width: int = 32) -> float:
     """FLOPs of a training step: forward + input and weight gradients = 3x the forward, 2 FLOPs per MAC."""
-    return 3 * 2 * roofline.model_forward_macs(grid) * batch
+    return 3 * 2 * roofline.model_forward_macs(grid, width) * batch
 
 
 def cpu_peak_gflops(size: int = 2048, repeats: int = 5) -> float:
@@ -358,7 +358,10 @@ def xla_options(name: str) -> dict:
         if not sep or not key.startswith("xla_"):
             raise SystemExit(f"--xla-flags {name!r}: not one of {sorted(XLA_FLAG_SETS)} nor xla_KEY=VALUE[,...]")
         low = value.lower()
-        options[key] = low == "true" if low in ("true", "false") else int(value) if value.lstrip("-").isdigit() else value
+        if low in ("true", "false"):
+            options[key] = low == "true"
+        else:
+            options[key] = int(value) if value.lstrip("-").isdigit() else value
     return options
 
 

@@ -20,7 +20,8 @@ from common import (base_parser, check_dtypes, describe, header, interleaved, ja
                     ratio, setup_torch, to_torch, write_result)
 from v2v_jax.formulations import CONV_IMPLS, conv3d
 
-# V2V's convolutions (v2v_torch_ref/model.py): (where, in channels, out channels, kernel, grid divisor, input gradient needed).
+# V2V's convolutions (v2v_torch_ref/model.py): (where, in channels, out channels, kernel, grid divisor, input
+# gradient needed).
 SHAPES = (
     ("front_layers.0 (stem)", 1, 16, 7, 1, False),
     ("front_layers.2 conv 1", 16, 32, 3, 2, True),

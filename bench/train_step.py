@@ -93,7 +93,7 @@ def measure(grid, batch, precision: Precision, jax_configs: dict[str, JaxConfig]
         return record
     if trace_dir is not None and next(iter(jax_configs)) in calls:
         trace(calls[next(iter(jax_configs))], trace_dir)
-    flops = train_step_flops(grid, batch)
+    flops = train_step_flops(grid, batch, args.width)
     peak = peak_tflops(precision.dtype, args.peak_tflops, precision.tf32) * 1e12
     record.update({
         "times": times, "step_gflop": flops / 1e9, "peak_tflops": peak / 1e12,

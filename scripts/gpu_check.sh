@@ -7,17 +7,19 @@
 #
 # Steps run in order of importance, each with its own time limit, cut to what is left of the deadline (env
 # DEADLINE, seconds); a step that cannot get 20 s is skipped, and a failing step does not stop the others (the dry
-# run gives every step DRY_LIMIT seconds, default 300: a loaded CPU is no measure of a GPU's budgets). Each step logs to NAME.log and writes its results (JSON and markdown) to NAME/ or NAME.md beside it; after
+# run gives every step DRY_LIMIT seconds, default 300: a loaded CPU is no measure of a GPU's budgets). Each step
+# logs to NAME.log and writes its results (JSON and markdown) to NAME/ or NAME.md beside it; after
 # every step summary.txt, summary.jsonl (one line per step: rc, seconds, its result file and whether it exists) and,
 # under the device tool ($OUT set: at most 8 files come back), gpu_results.tgz with everything are rewritten, so a
-# call cut short keeps what it measured. Wheels in .whl/ (flax, tensorboardX) are installed first when present.
+# call cut short keeps what it measured (a parity step's rc 1 with its result present is the report's verdict "JAX
+# deviates"). Wheels in .whl/ (flax, tensorboardX) are installed first when present.
 set -u
 dry=0
 positional=()
 for a in "$@"; do
   case $a in
     --dry-run) dry=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,/^set -u$/p' "$0" | sed '$d'; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $a (see --help)" >&2; exit 2 ;;
     *) positional+=("$a") ;;
   esac
