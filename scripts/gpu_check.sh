@@ -155,15 +155,15 @@ fi
 sweep=(python3 bench/train_step.py --grids "$grid" --batches "$batch" --width "$width" "${bench_time[@]}"
        --conv "$conv" folded_stem im2col_stem --upsample einsum pad_conv --xla-flags default nhwc runtime_fusion
        autotune0 --torch plain best compiled --torch-compile-backend "$torch_compile_backend")
-step train_step 100 train_step/train_step.json "${sweep[@]}" --dtypes float32 bfloat16 --tf32 on off \
-  --rows baseline variants --budget-s "${fixed_budget:-$(budget 100 30)}" --out "$work/train_step" \
+step train_step 90 train_step/train_step.json "${sweep[@]}" --dtypes float32 bfloat16 --tf32 on off \
+  --rows baseline variants --budget-s "${fixed_budget:-$(budget 90 30)}" --out "$work/train_step" \
   --trace "$work/trace"
 if [[ -d $work/trace ]] && (( pack )); then  # its own file: the trace can be large
   tar -czf "$result_dir/trace.tgz" -C "$work" trace
   (( $(stat -c %s "$result_dir/trace.tgz") > 15000000 )) && rm "$result_dir/trace.tgz"
 fi
-step train_step_compile 50 train_step_compile/train_step.json "${sweep[@]}" "${compile_precisions[@]}" \
-  --rows compiled --budget-s "${fixed_budget:-$(budget 50 25)}" --out "$work/train_step_compile"
+step train_step_compile 70 train_step_compile/train_step.json "${sweep[@]}" "${compile_precisions[@]}" \
+  --rows compiled --budget-s "${fixed_budget:-$(budget 70 45)}" --out "$work/train_step_compile"
 step train_step_large 30 train_step_large/train_step.json "${sweep[@]}" "${compile_precisions[@]}" \
   --rows large --out "$work/train_step_large"
 
