@@ -742,6 +742,29 @@ def ratios(rows: Sequence[OpRow]) -> dict[str, dict[str, float]]:
     return out
 
 
+def gradient_gap(width=32, grid=32, batch=2, joints=21, seed=0, **numerics_fields) -> str:
+    """Per block: each framework's float32 gradient error against a float64 PyTorch run (relative Frobenius, the
+    block's weights and biases as one vector), and the voxels whose ReLU side (block outputs) differs from float64."""
+    weights, x, target = reference_case(width, grid, batch, joints, seed)
+    t64 = _torch_model(weights, "float64")
+    r64, _ = compare.run_torch(t64, x, target, train=True)
+    r32, _ = compare.run_torch(_torch_model(weights, "float32"), x, target, train=True)
+    jax_model = jmodel.V2VModel(1, joints, width, numerics=Numerics(**numerics_fields), rngs=nnx.Rngs(0))
+    j32 = compare.run_jax(compare.with_torch_weights(jax_model, t64.float()), x, target, train=True)
+    blocks = [b for b in r64.acts if b]
+    lines = ["| block | JAX | PyTorch | ReLU flips JAX | ReLU flips PyTorch |", "|---|---|---|---|---|"]
+    for b in blocks:
+        keys = [k for k in r64.grads if compare.owner_block(k, blocks) == b]
+        if not keys:
+            continue
+        t = np.concatenate([r64.grads[k].ravel() for k in keys])
+        e = [np.linalg.norm(np.concatenate([r.grads[k].ravel() for k in keys]) - t) / np.linalg.norm(t)
+             for r in (j32, r32)]
+        flips = [int(((r.acts[b] > 0) != (r64.acts[b] > 0)).sum()) for r in (j32, r32)]
+        lines.append(f"| {b} | {e[0]:.2e} | {e[1]:.2e} | {flips[0]} | {flips[1]} |")
+    return "\n".join(lines)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--block", action="append", help=f"block path (repeatable; default {CALIBRATION_BLOCKS})")
@@ -753,11 +776,18 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--conv", choices=("auto",) + CONV_IMPLS, default=Numerics.conv)
     p.add_argument("--upsample", choices=UPSAMPLE_IMPLS, default=Numerics.upsample)
+    p.add_argument("--gradient-gap", action="store_true",
+                   help="print each framework's float32 gradient error per block against float64 PyTorch")
     p.add_argument("--calibrate", action="store_true",
                    help="print, per op kind, the largest error over (1 + log2 K) max(e_in, u) instead of the tables")
     args = p.parse_args(argv)
     if args.grid % 4:
         p.error(f"--grid {args.grid}: must be a multiple of 4 (two 2x poolings)")
+    if args.gradient_gap:
+        for seed in args.seeds:
+            print(gradient_gap(args.width, args.grid, args.batch, args.joints, seed, conv=args.conv,
+                               upsample=args.upsample))
+        return
     blocks = args.block or list(CALIBRATION_BLOCKS)
     worst: dict[str, dict[str, float]] = {}
     for seed in args.seeds:
