@@ -14,13 +14,17 @@ from pathlib import Path
 
 from v2v_jax.data.cameras import MSRA_GESTURES
 from v2v_jax.dtypes import PRECISIONS
-from v2v_jax.train.optim import AUTHORS_RMSPROP, OPTIMIZERS
+from v2v_jax.geometry import DECODE_METHODS
+from v2v_jax.train.optim import AUTHORS_RMSPROP, OPTIMIZERS, SCHEDULES
 
 DATASET_CHOICES = ("synth", "msra", "icvl", "nyu", "hands2017", "itop")
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
+    """The fields' defaults, with `PRESETS[cfg.preset]` on top, are a run's configuration; the options the paper
+    does not have (schedule, loss, max_translation) default to what the paper did."""
+
     # Data.
     data: str = "synth"              # synth | msra | icvl | nyu | hands2017 | itop
     root: str | None = None          # data-set folder (synth: where the generated set lives)
@@ -36,8 +40,10 @@ class Config:
     grid: int = 24                   # input N^3; heatmaps are (N/2)^3
     cube_mm: float | None = None     # None: the data set's cube size
     augment: bool = True
+    max_translation: float = 4.0     # augmentation's translation range, voxels of the grid (the paper's: 4 at 88^3)
     decode: str = "parabola"         # argmax (the original) | parabola | window_mean | soft_argmax
     geometry: str = "ours"           # ours | port: the PyTorch port's pixel numbering and voxel rounding
+    beta: float = 30.0               # softmax sharpness of soft_argmax decoding and of the integral loss
     # Model and numerics.
     width: int = 16                  # channels after the first pooling (the paper: 32)
     dtype: str = "float32"           # float32 | float64 | bfloat16
@@ -47,6 +53,10 @@ class Config:
     # Optimisation.
     optimizer: str = "adam"          # adam | rmsprop (the authors', with --preset paper) | sgd
     lr: float = 1e-3
+    schedule: str = "constant"       # constant (the paper's) | cosine (linear warm-up, cosine decay to 0)
+    warmup_steps: int = 0
+    loss: str = "mse"                # mse (the paper's heatmap MSE) | integral (mse + integral_weight * soft-argmax L1)
+    integral_weight: float = 0.01
     batch_size: int = 8
     epochs: int = 8
     max_steps: int | None = None     # stop after this many steps in total (tests, quick looks)
@@ -75,9 +85,13 @@ class Config:
         return cls(**json.loads(text))
 
 
+# What `python train.py` adds to the fields' defaults: measured on the 2-core CPU (README, "What the default run
+# reaches", and docs/training.md).
+RECIPE = dict(schedule="cosine", warmup_steps=100, loss="integral", decode="soft_argmax")
+
 PRESETS = {
     # Sized by measurement for a 2-core CPU and about 10 minutes (README, "What the default run reaches").
-    "default": {},
+    "default": RECIPE,
     # The authors' configuration (Moon et al. 2018, section 4): 88^3 input, batch 8, RMSprop, 10 epochs, argmax
     # decoding; the cube is the data set's own (200 mm for MSRA).
     "paper": dict(grid=88, width=32, batch_size=8, epochs=10, optimizer="rmsprop", lr=AUTHORS_RMSPROP["lr"],
@@ -87,8 +101,8 @@ PRESETS = {
 CHOICES = {
     "data": DATASET_CHOICES, "dtype": tuple(PRECISIONS), "batchnorm": ("torch", "flax"),
     "init": ("original", "framework"), "optimizer": OPTIMIZERS, "on_nonfinite": ("stop", "skip"),
-    "on_bad_frame": ("error", "skip"), "decode": ("argmax", "parabola", "window_mean", "soft_argmax"),
-    "geometry": ("ours", "port"), "preset": tuple(PRESETS), "itop_view": ("side", "top"),
+    "on_bad_frame": ("error", "skip"), "decode": DECODE_METHODS, "geometry": ("ours", "port"),
+    "preset": tuple(PRESETS), "itop_view": ("side", "top"), "schedule": SCHEDULES, "loss": ("mse", "integral"),
 }
 
 
@@ -106,6 +120,10 @@ def _positive(unset: str | None = None):
 # Each numeric field's valid range: (predicate, what it must be).
 RULES = {
     "lr": _positive(),
+    "beta": _positive(),
+    "integral_weight": _positive(),
+    "warmup_steps": _at_least(0),
+    "max_translation": ((lambda v: math.isfinite(v) and v >= 0), "must be a finite number >= 0"),
     "cube_mm": _positive("the data set's cube"),
     "batch_size": _at_least(1),
     "epochs": _at_least(1),
@@ -177,6 +195,14 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {text!r}")
 
 
+def _default_text(name: str, default) -> str:
+    """The flag's value in each preset, e.g. '(default 100; paper 0)'."""
+    values = {preset: chosen.get(name, default) for preset, chosen in PRESETS.items()}
+    others = [f"{preset} {value}" for preset, value in values.items() if preset != "default"
+              and value != values["default"]]
+    return f"(default {values['default']}" + "".join(f"; {o}" for o in others) + ")"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(description="Train and evaluate V2V-PoseNet (JAX/Flax NNX).")
     for field in dataclasses.fields(Config):
@@ -184,10 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + field.name.replace("_", "-")
         if kind is bool:
             parser.add_argument(flag, type=_bool, nargs="?", const=True, default=None,
-                                help=f"(default {field.default})")
+                                help=_default_text(field.name, field.default))
         else:
             parser.add_argument(flag, type=kind, choices=CHOICES.get(field.name), default=None,
-                                help=f"(default {field.default})")
+                                help=_default_text(field.name, field.default))
     return parser
 
 
@@ -213,8 +239,9 @@ def save_config(config: Config, run_dir: Path) -> None:
 
 
 def describe(cfg: Config) -> str:
+    schedule = "" if cfg.schedule == "constant" else f" ({cfg.schedule}, {cfg.warmup_steps} warm-up steps)"
     return (f"grid {cfg.grid}^3, cube {cfg.cube_mm or 'data set'} mm, width {cfg.width}, batch {cfg.batch_size}, "
-            f"{cfg.optimizer} lr {cfg.lr}, {cfg.dtype}")
+            f"{cfg.optimizer} lr {cfg.lr}{schedule}, {cfg.loss} loss, {cfg.decode} decoding, {cfg.dtype}")
 
 
 def repeat_flags(cfg: Config) -> str:

@@ -91,14 +91,16 @@ def identity_augmentation(dtype=jnp.float32) -> Augmentation:
     return Augmentation(jnp.ones((), dtype), jnp.zeros((), dtype), jnp.zeros((3,), dtype))
 
 
-def sample_augmentation(key: jax.Array, dtype=jnp.float32) -> Augmentation:
-    """s ~ U[0.8, 1.2), angle ~ U[-40, 40) degrees, t ~ U[-4, 4)^3 voxels (the paper's ranges)."""
+def sample_augmentation(key: jax.Array, dtype=jnp.float32,
+                        max_translation: float = MAX_TRANSLATION_VOXELS) -> Augmentation:
+    """s ~ U[0.8, 1.2), angle ~ U[-40, 40) degrees, t ~ U[-T, T)^3 voxels; the paper's T is 4 voxels of its 88^3
+    grid."""
     k_scale, k_angle, k_trans = jax.random.split(key, 3)
     max_angle = np.deg2rad(MAX_ANGLE_DEG)
     return Augmentation(
         jax.random.uniform(k_scale, (), dtype, *SCALE_RANGE),
         jax.random.uniform(k_angle, (), dtype, -max_angle, max_angle),
-        jax.random.uniform(k_trans, (3,), dtype, -MAX_TRANSLATION_VOXELS, MAX_TRANSLATION_VOXELS))
+        jax.random.uniform(k_trans, (3,), dtype, -max_translation, max_translation))
 
 
 def _rotate_xy(x, y, angle, inverse=False):
@@ -227,13 +229,15 @@ def encode_sample(depth, center, joints, key: jax.Array | None, spec: DatasetSpe
 
 
 def encode_batch(depths, centers, joints, key: jax.Array | None, spec: DatasetSpec, grid_size: int = 88,
-                 cube_mm: float | None = None, dtype=OCCUPANCY_DTYPE, geometry: str = "ours"
-                 ) -> tuple[jax.Array, jax.Array]:
+                 cube_mm: float | None = None, dtype=OCCUPANCY_DTYPE, geometry: str = "ours",
+                 max_translation: float = MAX_TRANSLATION_VOXELS) -> tuple[jax.Array, jax.Array]:
     """Batched `encode_sample`: (B, H, W), (B, 3), (B, J, 3) -> (B, N, N, N, 1), (B, J, 3).
 
-    Sample b draws its augmentation with `jax.random.split(key, B)[b]`; key None: no augmentation.
+    Sample b draws its augmentation with `jax.random.split(key, B)[b]` (translations up to `max_translation`
+    voxels); key None: no augmentation.
     """
-    augs = None if key is None else jax.vmap(sample_augmentation)(jax.random.split(key, depths.shape[0]))
+    draw = functools.partial(sample_augmentation, max_translation=max_translation)
+    augs = None if key is None else jax.vmap(draw)(jax.random.split(key, depths.shape[0]))
     return _encode(depths, centers, joints, augs, spec, grid_size, cube_mm, dtype, geometry)
 
 
@@ -256,6 +260,14 @@ def heatmap_mse(pred: jax.Array, joint_grid_coords: jax.Array, sigma: float = SI
     dtype = _float_dtype(pred)
     targets = jax.vmap(lambda c: gaussian_heatmaps(c, out_size, sigma, dtype))(joint_grid_coords)
     return jnp.mean(jnp.square(pred.astype(dtype) - targets))
+
+
+def integral_l1(pred: jax.Array, joint_grid_coords: jax.Array, beta: float) -> jax.Array:
+    """Mean |soft-argmax(pred) - c'| over B*J*3, in input voxels: the integral regression loss of Sun et al. 2018
+    ("Integral Human Pose Regression"), the expectation of each joint's position under softmax(beta H), trained
+    directly against the joint, so the heatmaps learn sub-cell positions."""
+    coords = decode_grid_coords(pred, "soft_argmax", beta=beta, dtype=_float_dtype(pred))
+    return jnp.mean(jnp.abs(coords - joint_grid_coords.astype(coords.dtype)))
 
 
 def zero_output_loss(joint_grid_coords, out_size: int, sigma: float = SIGMA, dtype=jnp.float32) -> jax.Array:

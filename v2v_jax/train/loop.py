@@ -29,7 +29,7 @@ from v2v_jax.data.loader import BatchLoader
 from v2v_jax.model import V2VModel, count_parameters
 from v2v_jax.train import checks, datasets, parallel, plots, report
 from v2v_jax.train.checkpoint import METRIC, CheckpointError, Checkpointer
-from v2v_jax.train.optim import make_optimizer
+from v2v_jax.train.optim import learning_rate, make_optimizer
 from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log, set_aside_logs
 from v2v_jax.train.runtime import configure_runtime
 from v2v_jax.train.step import GeometryConfig, TrainState, init_state, make_eval_step, make_train_step, numerics_for
@@ -63,7 +63,8 @@ def build_model(cfg: Config, num_joints: int) -> V2VModel:
 
 def geometry_config(cfg: Config, spec) -> GeometryConfig:
     return GeometryConfig(spec, cfg.grid, cfg.cube_mm or spec.cube_mm, augment=cfg.augment and not cfg.overfit,
-                          decode=cfg.decode, geometry=cfg.geometry)
+                          decode=cfg.decode, geometry=cfg.geometry, max_translation=cfg.max_translation,
+                          loss=cfg.loss, integral_weight=cfg.integral_weight, beta=cfg.beta)
 
 
 @dataclasses.dataclass
@@ -227,7 +228,7 @@ def train(cfg: Config, transform_step: Callable[[Callable], Callable] | None = N
         raise TrainingError("; ".join(problems(cfg)))
     run_dir, is_writer = Path(cfg.out), jax.process_index() == 0  # processes may share run_dir: process 0 writes
     data = open_run_data(cfg)
-    tx = make_optimizer(cfg.optimizer, cfg.lr)
+    tx = make_optimizer(cfg.optimizer, learning_rate(cfg.lr, cfg.schedule, data.total_steps, cfg.warmup_steps))
     train_def, eval_def, state = init_state(build_model(cfg, data.spec.num_joints), tx, cfg.seed)
     geo = geometry_config(cfg, data.spec)
     lock = acquire(run_dir, cfg.resume, disk_needed(cfg, state)) if is_writer else None

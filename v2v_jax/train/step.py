@@ -32,6 +32,20 @@ class GeometryConfig:
     augment: bool = True
     decode: str = "argmax"
     geometry: str = "ours"  # pixel numbering and voxel rounding (geometry.GEOMETRIES)
+    max_translation: float = geometry.MAX_TRANSLATION_VOXELS  # voxels of this grid
+    loss: str = "mse"           # mse (the paper's) | integral (mse + integral_weight * integral_l1)
+    integral_weight: float = 0.0
+    beta: float = 30.0          # softmax sharpness of the integral loss and of soft-argmax decoding
+
+
+def training_loss(geo: GeometryConfig) -> Callable:
+    """loss(pred heatmaps, joint grid coordinates) -> scalar, the training loss `geo` names."""
+    if geo.loss == "mse":
+        return geometry.heatmap_mse
+    if geo.loss == "integral":
+        return lambda pred, coords: (geometry.heatmap_mse(pred, coords)
+                                     + geo.integral_weight * geometry.integral_l1(pred, coords, geo.beta))
+    raise ValueError(f"unknown loss {geo.loss!r}")
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -66,14 +80,15 @@ def _all_finite(tree) -> jax.Array:
     return jnp.stack(leaves).all()
 
 
-def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: str = "stop") -> Callable:
-    """update(state, voxels, joint_coords) -> (state, metrics): one optimiser step on given inputs and targets."""
+def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: str = "stop",
+                objective: Callable = geometry.heatmap_mse) -> Callable:
+    """update(state, voxels, joint_coords) -> (state, metrics): one optimiser step on given inputs and targets,
+    minimising objective(heatmaps, joint_coords)."""
 
     def loss_fn(params, batch_stats, voxels, coords):
         model = nnx.merge(train_def, params, batch_stats, copy=True)
         pred = model(voxels)
-        loss = geometry.heatmap_mse(pred, coords)
-        return loss, nnx.state(model, nnx.BatchStat)
+        return objective(pred, coords), nnx.state(model, nnx.BatchStat)
 
     def update(state: TrainState, voxels, coords):
         (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
@@ -95,12 +110,13 @@ def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: st
 
 def make_train_step(train_def, tx, geo: GeometryConfig, **update_options) -> Callable:
     """train_step(state, batch) -> (state, metrics); batch = {'depth', 'center', 'joints'} as arrays."""
-    update = make_update(train_def, tx, **update_options)
+    update = make_update(train_def, tx, objective=training_loss(geo), **update_options)
 
     def train_step(state: TrainState, batch):
         key = jax.random.fold_in(state.key, state.step) if geo.augment else None
         voxels, coords = geometry.encode_batch(batch["depth"], batch["center"], batch["joints"], key, geo.spec,
-                                               geo.grid, geo.cube_mm, geometry=geo.geometry)
+                                               geo.grid, geo.cube_mm, geometry=geo.geometry,
+                                               max_translation=geo.max_translation)
         return update(state, voxels, coords)
 
     return jax.jit(train_step, donate_argnums=0)
@@ -114,7 +130,8 @@ def make_eval_step(eval_def, geo: GeometryConfig) -> Callable:
                                                geo.grid, geo.cube_mm, geometry=geo.geometry)
         model = nnx.merge(eval_def, params, batch_stats, copy=True)
         heatmaps = model(voxels)
-        joints = geometry.decode_heatmaps(heatmaps, batch["center"], geo.cube_mm, geo.grid, method=geo.decode)
+        joints = geometry.decode_heatmaps(heatmaps, batch["center"], geo.cube_mm, geo.grid, method=geo.decode,
+                                          beta=geo.beta)
         per_sample = jax.vmap(lambda h, c: geometry.heatmap_mse(h[None], c[None]))(heatmaps, coords)
         return joints, per_sample
 
