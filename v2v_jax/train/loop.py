@@ -187,7 +187,9 @@ class Hooks:
         self.rate.tick(step)
         check_finite(metrics, step, state, self.cfg.on_nonfinite, self.checkpoints.directory, self.last_saved)
         if step % self.cfg.log_every == 0 or step == self.data.total_steps:
-            self.log.write(step, train_loss=float(metrics["loss"]), grad_norm=float(metrics["grad_norm"]),
+            objective = {} if self.cfg.loss == "mse" else {"train_objective": float(metrics["loss"])}
+            self.log.write(step, train_loss=float(metrics["heatmap_mse"]), **objective,
+                           grad_norm=float(metrics["grad_norm"]),
                            steps_per_s=(step - self.first_step) / max(time.time() - self.t_start, 1e-9),
                            skipped=int(state.skipped))
         epoch, batch_in_epoch = divmod(step, self.data.steps_per_epoch)

@@ -83,15 +83,16 @@ def _all_finite(tree) -> jax.Array:
 def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: str = "stop",
                 objective: Callable = geometry.heatmap_mse) -> Callable:
     """update(state, voxels, joint_coords) -> (state, metrics): one optimiser step on given inputs and targets,
-    minimising objective(heatmaps, joint_coords)."""
+    minimising objective(heatmaps, joint_coords). metrics['loss'] is the objective, metrics['heatmap_mse'] the
+    heatmap MSE (the same number for the paper's objective)."""
 
     def loss_fn(params, batch_stats, voxels, coords):
         model = nnx.merge(train_def, params, batch_stats, copy=True)
         pred = model(voxels)
-        return objective(pred, coords), nnx.state(model, nnx.BatchStat)
+        return objective(pred, coords), (nnx.state(model, nnx.BatchStat), geometry.heatmap_mse(pred, coords))
 
     def update(state: TrainState, voxels, coords):
-        (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        (loss, (batch_stats, mse)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.batch_stats, voxels, coords)
         finite = jnp.isfinite(loss) & _all_finite(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -103,7 +104,7 @@ def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: st
                               batch_stats=keep(new.batch_stats, state.batch_stats),
                               opt_state=keep(new.opt_state, state.opt_state),
                               skipped=state.skipped + (~finite).astype(jnp.int32))
-        return new, {"loss": loss, "finite": finite, "grad_norm": optax.global_norm(grads)}
+        return new, {"loss": loss, "heatmap_mse": mse, "finite": finite, "grad_norm": optax.global_norm(grads)}
 
     return update
 
