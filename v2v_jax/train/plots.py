@@ -50,7 +50,7 @@ def save_run_figures(run_dir: Path, log: list[dict], final: dict, test_set, geo,
                             metrics.THRESHOLDS_MM, per_joint={"test": final["per_joint_mm"]},
                             joint_names=spec.joint_names)
     edges = vis.SKELETONS.get(spec.name, ())
-    for i in np.linspace(0, len(test_set) - 1, samples).astype(int):
+    for i in np.linspace(0, len(final["pred"]) - 1, samples).astype(int):  # --eval-batches: fewer than the set
         frame = test_set[int(i)]
         pred, gt = final["pred"][i], final["gt"][i]
         voxels, coords = geometry.encode_sample(jnp.asarray(frame.depth), jnp.asarray(frame.center),
