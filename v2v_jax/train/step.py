@@ -31,11 +31,11 @@ class GeometryConfig:
     cube_mm: float
     augment: bool = True
     decode: str = "argmax"
-    geometry: str = "ours"  # pixel numbering and voxel rounding (geometry.GEOMETRIES)
     max_translation: float = geometry.MAX_TRANSLATION_VOXELS  # voxels of this grid
     loss: str = "mse"           # mse (the paper's) | integral (mse + integral_weight * integral_l1)
     integral_weight: float = 0.0
     beta: float = 30.0          # softmax sharpness of the integral loss and of soft-argmax decoding
+    geometry: str = "ours"      # pixel numbering and voxel rounding (geometry.GEOMETRIES); last: it names the module
 
 
 def training_loss(geo: GeometryConfig) -> Callable:
