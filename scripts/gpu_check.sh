@@ -187,7 +187,7 @@ rm -rf "$scratch" "$work"/e2e_jax/checkpoints "$work"/e2e_torch/model.pth  # the
 
 # 7. The precision study, every configuration (the cuDNN-BatchNorm float32 rows included), last: its own budget
 # stops it starting configurations in time to write its report.
-step study_precision 130 precision/report.md python3 -m parity_tests.studies precision --device "$dev" \
+step study_precision 130 precision/precision_report.md python3 -m parity_tests.studies precision --device "$dev" \
   "${study_size[@]}" --budget-s "${fixed_budget:-$(budget 130 25)}" --out "$work/precision"
 
 echo "done in $(( $(date +%s) - start ))s" | tee -a "$work/summary.txt"
