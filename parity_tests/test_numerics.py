@@ -23,7 +23,7 @@ def test_flax_flavour_equals_nnx_batchnorm(train):
     theirs = nnx.BatchNorm(3, use_fast_variance=True, momentum=0.9, epsilon=1e-5, param_dtype=jnp.float64,
                            dtype=jnp.float64, rngs=nnx.Rngs(0))
     ours.mean[...], ours.var[...] = jnp.full(3, 0.3), jnp.full(3, 2.0)
-    # nnx.BatchNorm creates its statistics in float32 whatever param_dtype says (SPEC 3, float64 traps)
+    # nnx.BatchNorm creates its statistics in float32 whatever param_dtype says (with a FutureWarning)
     theirs.scale.value, theirs.mean.value, theirs.var.value = ours.scale[...], ours.mean[...], ours.var[...]
     theirs.use_running_average = ours.use_running_average = not train
     for _ in range(2):  # the second step starts from updated statistics
