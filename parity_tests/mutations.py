@@ -46,13 +46,14 @@ from parity_tests.compare import OUTPUT
 from v2v_jax import convert, layers
 from v2v_jax import model as jmodel
 from v2v_jax.dtypes import PRECISIONS
-from v2v_jax.train import step as jstep
+from v2v_jax.train import optim as joptim
 from v2v_torch_ref import model as tmodel
 from v2v_torch_ref import train as ttrain
 
 MARK = "planted_bug"  # attribute naming the bug planted in a layer (its value: the mutation's name)
 
-# The ops a first divergence can be localised to.
+# The ops a first divergence can be localised to: the op kinds of the op-level localiser (parity_tests/ops.py), and
+# the optimiser and the init, which the checker names where only the tensors after the first step disagree.
 CONV, BN_NORMALISE, BN_STATISTICS, RELU, POOL, UPSAMPLE, RESIDUAL_ADD, LOSS, OPTIMIZER, INIT = (
     "conv", "BN normalise", "BN statistics", "ReLU", "pool", "upsample", "residual add", "loss", "optimizer",
     "init")
@@ -178,8 +179,8 @@ def _forcing(function: Callable, **forced) -> Callable:
 
 
 def _optax_rmsprop(**forced) -> Callable[[], ContextManager]:
-    """The product's optimiser factory (v2v_jax/train/step.py) calling optax.rmsprop with `forced` arguments."""
-    return _jax(mock.patch.object(jstep, "optax", _Proxy(optax, rmsprop=_forcing(optax.rmsprop, **forced))))
+    """The product's optimiser factory (v2v_jax/train/optim.py) calling optax.rmsprop with `forced` arguments."""
+    return _jax(mock.patch.object(joptim, "optax", _Proxy(optax, rmsprop=_forcing(optax.rmsprop, **forced))))
 
 
 def _converted(edit: Callable[[str, torch.Tensor], torch.Tensor]) -> Callable[[], ContextManager]:
@@ -308,7 +309,7 @@ def _mutations() -> tuple[Mutation, ...]:
     add("bn_momentum_0.9_one_layer", J, _ED + "skip_res2", BN_STATISTICS,
         "momentum 0.9 where the torch convention wants 0.1, in one layer",
         lambda n: _jax(_marking(jmodel.V2VModel, [_ED + "skip_res2.res_branch.1"], n, momentum=0.9)))
-    add("bn_running_average_in_training", J, "front_layers.3", BN_STATISTICS,
+    add("bn_running_average_in_training", J, "front_layers.3", BN_NORMALISE,
         "eval-mode BN (running statistics) used in a training step, one layer",
         lambda n: _jax_layer("front_layers.3.res_branch.4", layers.BatchNorm3d, "__call__",
                              _running_average_in_training, n))
@@ -316,7 +317,7 @@ def _mutations() -> tuple[Mutation, ...]:
         "the step drops the updated batch statistics (every BN)",
         lambda n: _jax(mock.patch.object(layers.BatchNorm3d, "__call__",
                                          _bound(_statistics_not_written, layers.BatchNorm3d.__call__))))
-    add("bn_mean_without_gradient", J, _ED + "skip_res1", BN_STATISTICS,
+    add("bn_mean_without_gradient", J, _ED + "skip_res1", BN_NORMALISE,
         "stop_gradient on the batch mean in one BN (forward unchanged, backward wrong)",
         lambda n: _jax_layer(_ED + "skip_res1.res_branch.1", layers.BatchNorm3d, "__call__",
                              _with_global(layers, "batch_moments", _moments_without_mean_gradient), n))
@@ -415,10 +416,11 @@ BY_NAME = {m.name: m for m in MUTATIONS}
 # ------------------------------------------------------------------------------------------------- the table
 
 
-def _same_op(named: str | None, expected: str) -> bool:
-    def norm(s):
-        return s.lower().replace("_", " ").replace("-", " ")
-    return named is not None and norm(named) == norm(expected)
+def op_kind(named: str | None) -> str | None:
+    """The kind of a named op: 'res_branch.1 (BN normalise)' -> 'BN normalise'; 'optimizer' -> itself."""
+    if named is None:
+        return None
+    return named[named.rindex("(") + 1:-1] if named.endswith(")") else named
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,7 +447,7 @@ class Outcome:
 
     @property
     def op_ok(self) -> bool:
-        return self.caught and _same_op(self.named_op, self.op)
+        return self.caught and op_kind(self.named_op) == self.op
 
     @property
     def framework_ok(self) -> bool:

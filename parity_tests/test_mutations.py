@@ -1,0 +1,138 @@
+"""The planted bugs: each changes its own framework's numbers and nothing else, is undone on exit, and the anchored
+checker catches a diverse subset of them at a small size (a test that fails when the checker goes blind)."""
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from parity_tests import anchored
+from parity_tests import mutations as M
+from parity_tests import verdict as V
+from v2v_jax import convert, layers
+from v2v_jax import model as jmodel
+from v2v_jax.train import optim as joptim
+from v2v_torch_ref import model as tmodel
+from v2v_torch_ref import train as ttrain
+
+# What a patch may touch, per framework: the product's modules and classes (and the loss the checker gives it).
+TOUCHABLE = {
+    V.JAX: [layers, jmodel, convert, joptim, *[getattr(layers, c) for c in ("BatchNorm3d", "Conv3d", "ConvTranspose3d")],
+            *[getattr(jmodel, c) for c in ("V2VModel", "Res3DBlock", "Basic3DBlock", "Pool3DBlock", "EncoderDecoder")]],
+    V.TORCH: [tmodel, ttrain, nn.BatchNorm3d, nn.Conv3d, nn.ConvTranspose3d,
+              *[getattr(tmodel, c) for c in ("V2VModel", "Res3DBlock", "Basic3DBlock", "Pool3DBlock",
+                                             "EncoderDecoder")]],
+}
+LOSSES = {V.JAX: "jax_loss", V.TORCH: "torch_loss"}
+
+
+def _snapshot(framework):
+    objs = {id(o): dict(vars(o)) for o in TOUCHABLE[framework]}
+    objs["loss"] = getattr(anchored, LOSSES[framework])
+    return objs
+
+
+def _changed(before, after):
+    return sorted(f"{k}.{a}" for k in before if k != "loss" for a in before[k].keys() | after[k].keys()
+                  if before[k].get(a, None) is not after[k].get(a, None)) + (
+        ["loss"] if before["loss"] is not after["loss"] else [])
+
+
+@pytest.mark.parametrize("mutation", M.MUTATIONS, ids=lambda m: m.name)
+def test_patch_touches_its_framework_only_and_is_undone(mutation):
+    other = V.TORCH if mutation.framework == V.JAX else V.JAX
+    mine_before, other_before = _snapshot(mutation.framework), _snapshot(other)
+    with mutation.patch():
+        inside = _snapshot(mutation.framework)
+        assert not _changed(other_before, _snapshot(other)), "the patch reaches the other framework"
+    assert _changed(mine_before, inside), "the patch changes nothing of its framework"
+    assert not _changed(mine_before, _snapshot(mutation.framework)), "the patch is not undone on exit"
+
+
+def test_the_suite_is_large_and_names_real_places():
+    assert len(M.MUTATIONS) >= 24 and len(M.BY_NAME) == len(M.MUTATIONS)
+    blocks = set(anchored.SOURCES)
+    for m in M.MUTATIONS:
+        assert m.framework in (V.JAX, V.TORCH) and (m.block is None or m.block in blocks), m
+    assert {m.framework for m in M.MUTATIONS} == {V.JAX, V.TORCH}
+
+
+# --------------------------------------------------------------------------- each bug changes its framework's numbers
+
+TINY = anchored.Config(width=4, grid=8, joints=3, steps=2, dtype="float64")
+
+
+def _differs(a: anchored.Trace, b: anchored.Trace) -> bool:
+    pairs = [(a.input_grad, b.input_grad), ([a.loss], [b.loss]), (a.losses, b.losses)]
+    for field in ("acts", "grads", "batch_stats", "trained"):
+        pairs += [(getattr(a, field)[k], getattr(b, field)[k]) for k in getattr(b, field)]
+    # beyond float64 rounding: a hand-written BN differs from F.batch_norm by ~1e-16
+    return any(not np.allclose(x, y, rtol=1e-9, atol=1e-12) for x, y in pairs)
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs():
+    return anchored.make_inputs(TINY)
+
+
+@pytest.fixture(scope="module")
+def baseline(tiny_inputs):
+    """The unpatched float64 trace of each framework, computed once."""
+    cache = {}
+
+    def get(framework):
+        if framework not in cache:
+            cache[framework] = anchored.TRACERS[framework](TINY, tiny_inputs, "float64")
+        return cache[framework]
+
+    return get
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mutation", M.MUTATIONS, ids=lambda m: m.name)
+def test_mutation_changes_its_framework_and_is_undone(mutation, tiny_inputs, baseline):
+    trace = anchored.TRACERS[mutation.framework]
+    before = baseline(mutation.framework)
+    with mutation.patch():
+        planted = trace(TINY, tiny_inputs, "float64")
+        if mutation.op == M.INIT:  # the checker gives both frameworks the same weights: only a new model shows it
+            weights = [m.weight for m in tmodel.V2VModel(1, 3, 4).modules() if isinstance(m, nn.Conv3d)]
+    if mutation.op == M.INIT:
+        assert 5e-3 < float(torch.cat([w.flatten() for w in weights]).std()) < 2e-2
+    else:
+        assert _differs(planted, before)
+    assert not _differs(trace(TINY, tiny_inputs, "float64"), before)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("framework", [V.JAX, V.TORCH])
+def test_all_patches_of_one_framework_leave_the_other_alone(framework, tiny_inputs, baseline):
+    other = V.TORCH if framework == V.JAX else V.JAX
+    trace = anchored.TRACERS[other]
+    before = baseline(other)
+    with contextlib.ExitStack() as stack:
+        for m in M.MUTATIONS:
+            if m.framework == framework:
+                stack.enter_context(m.patch())
+        assert not _differs(trace(TINY, tiny_inputs, "float64"), before)
+
+
+# --------------------------------------------------------------------------------------- the checker catches them
+
+SMALL = anchored.Config(width=8, grid=16, steps=2, dtype="float32")
+CI_SUBSET = ("bn_biased_running_var", "bn_eps_1e-3", "conv_kernel_flipped", "convert_kernel_axes_swapped",
+             "avg_pool_once", "final_relu_added", "loss_sum_over_joints", "rmsprop_alpha_0.9")
+
+
+@pytest.mark.parametrize("name", CI_SUBSET)
+def test_planted_bug_is_caught(name):
+    outcome = M.run(M.BY_NAME[name], SMALL)
+    assert outcome.caught, outcome
+    assert outcome.framework_ok, outcome
+
+
+def test_unmodified_code_is_not_flagged():
+    outcome = M.run(None, SMALL)
+    assert not outcome.caught, outcome
