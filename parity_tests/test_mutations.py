@@ -123,12 +123,14 @@ def test_all_patches_of_one_framework_leave_the_other_alone(framework, tiny_inpu
 # --------------------------------------------------------------------------------------- the checker catches them
 
 # test_anchored's configuration: its unpatched runs are cached, so each planted bug here costs only its own
-# framework's two runs (PyTorch's take ~1 s; a JAX one compiles two new steps, ~30 s of CPU, hence one JAX bug).
-CI_SUBSET = ("bn_biased_running_var", "bn_eps_1e-3", "conv_kernel_flipped", "avg_pool_once", "final_relu_added",
-             "loss_sum_over_joints", "rmsprop_alpha_0.9", "init_std_1e-2")
+# framework's two runs and the op localiser. Measured (2 shared cores, load ~5): the PyTorch bugs 2-24 s each, the
+# JAX one 134 s (two new compilations); the default run keeps the three cheapest, the rest are slow.
+DEFAULT_SUBSET = ("avg_pool_once", "rmsprop_alpha_0.9", "init_std_1e-2")
+SLOW_SUBSET = ("bn_biased_running_var", "bn_eps_1e-3", "conv_kernel_flipped", "final_relu_added",
+               "loss_sum_over_joints")
 
 
-@pytest.mark.parametrize("name", CI_SUBSET)
+@pytest.mark.parametrize("name", [*DEFAULT_SUBSET, *(pytest.param(n, marks=pytest.mark.slow) for n in SLOW_SUBSET)])
 def test_planted_bug_is_caught(name):
     outcome = M.run(M.BY_NAME[name], CONFIG)
     assert outcome.caught, M.format_row(outcome)
