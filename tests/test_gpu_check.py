@@ -18,6 +18,9 @@ STEPS = ("environment", "parity_float32_tf32off_cudnn", "parity_float32_tf32on_c
          "study_precision")
 
 
+# About 7 minutes on 2 cores (three parity reports, the planted-bug table, every benchmark, two trainers): too long
+# for the default run, so it is marked slow and .ci/run runs it as a step of its own.
+@pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_dry_run_runs_every_step(tmp_path):
     env = {**os.environ, "DEADLINE": "1700", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
