@@ -162,15 +162,15 @@ def _batch_stats(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 @contextlib.contextmanager
-def torch_backends(config: Config):
-    """TF32 and cuDNN switches as the config says, restored afterwards."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.enabled, cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.enabled, cudnn.allow_tf32, matmul.allow_tf32 = config.cudnn, config.tf32, config.tf32
+def torch_switches(*, cudnn: bool, tf32: bool):
+    """torch's cuDNN and TF32 switches (process-wide) for the duration of the block, restored afterwards."""
+    backends, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    saved = backends.enabled, backends.allow_tf32, matmul.allow_tf32
+    backends.enabled, backends.allow_tf32, matmul.allow_tf32 = cudnn, tf32, tf32
     try:
         yield
     finally:
-        cudnn.enabled, cudnn.allow_tf32, matmul.allow_tf32 = saved
+        backends.enabled, backends.allow_tf32, matmul.allow_tf32 = saved
 
 
 def torch_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -188,7 +188,7 @@ def torch_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) 
     memory_format = torch.channels_last_3d if config.channels_last else torch.contiguous_format
     autocast = (functools.partial(torch.autocast, device.type, torch.bfloat16) if dtype == "bfloat16"
                 else contextlib.nullcontext)
-    with torch_backends(config):
+    with torch_switches(cudnn=config.cudnn, tf32=config.tf32):
         model = tmodel.V2VModel(1, config.joints, config.width)
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in inputs.weights.items()})
         model = model.to(device=device, dtype=param_dtype, memory_format=memory_format).train()

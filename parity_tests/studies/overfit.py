@@ -6,7 +6,6 @@ sees the same voxels and joint targets (no augmentation) and records the loss be
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import re
@@ -18,6 +17,7 @@ import numpy as np
 import torch
 from flax import nnx
 
+from parity_tests.anchored import torch_switches
 from v2v_jax import convert, geometry
 from v2v_jax.data import synth
 from v2v_jax.layers import Numerics
@@ -237,16 +237,9 @@ def train_jax(variant: Variant, problem: Problem, init: dict, *, steps: int, lr:
 # ------------------------------------------------------------------------------------------------------ PyTorch
 
 
-@contextlib.contextmanager
 def torch_backend(variant: Variant):
-    """The variant's cuDNN and TF32 switches for the duration of the block (they are process-wide)."""
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = cudnn.enabled, cudnn.allow_tf32, matmul.allow_tf32
-    cudnn.enabled, cudnn.allow_tf32, matmul.allow_tf32 = variant.cudnn, variant.tf32, variant.tf32
-    try:
-        yield
-    finally:
-        cudnn.enabled, cudnn.allow_tf32, matmul.allow_tf32 = saved
+    """The variant's cuDNN and TF32 switches for the duration of the block."""
+    return torch_switches(cudnn=variant.cudnn, tf32=variant.tf32)
 
 
 def memory_format(variant: Variant) -> torch.memory_format:
