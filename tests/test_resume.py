@@ -519,6 +519,11 @@ def test_another_synthetic_set_on_the_same_root_is_refused_while_a_run_reads_it(
     assert_same_parameters(out, reference.checkpoint())
 
 
-def test_printed_resume_flags_survive_spaces_and_quotes():
-    cfg = dataclasses.replace(Config(), root="my data/it's here", lr=5e-4, augment=False, grid=16)
+@pytest.mark.parametrize("preset", ["default", "paper"])
+def test_printed_resume_flags_survive_spaces_and_quotes(preset):
+    # Config() holds the paper's values where the default preset chooses others (schedule, loss, decoding): a flag
+    # set back to the dataclass default must still be printed, or the resumed run takes the preset's value.
+    cfg = dataclasses.replace(Config(), preset=preset, root="my data/it's here", lr=5e-4, augment=False, grid=16)
     assert parse_config(shlex.split(repeat_flags(cfg))) == cfg
+    assert parse_config(shlex.split(repeat_flags(parse_config(["--preset", preset])))) == parse_config(
+        ["--preset", preset])

@@ -246,8 +246,9 @@ def describe(cfg: Config) -> str:
 
 
 def repeat_flags(cfg: Config) -> str:
-    """Flags other than --out/--resume that differ from the defaults, to repeat on resume."""
-    default = Config()
+    """Flags other than --out/--resume that differ from what parse_config gives without them (the fields' defaults
+    with the run's preset on top), to repeat on resume."""
+    default = Config(**PRESETS[cfg.preset])
     skip = {"out", "resume"}
     flags = [f" --{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(cfg).items()
              if k not in skip and v != getattr(default, k)]
