@@ -180,6 +180,7 @@ def assert_fell_back(run: Run, corrupt_step: int) -> None:
     assert (run.out / "checkpoints_corrupt" / str(corrupt_step)).is_dir()
 
 
+@pytest.mark.slow  # ~105 s on 2 cores; .ci/run runs it in its slow step
 def test_killed_run_resumes_bitwise_past_a_corrupt_checkpoint(synth_root, env, reference, tmp_path):
     """A killed run and a damaged checkpoint in one pass (docs/reliability.md, "Process killed"): SIGKILL once step 7 is
     logged (checkpoints 2, 4, 5, 6 are on disk, the last maybe still being written); flip bytes in the newest
