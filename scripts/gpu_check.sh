@@ -141,9 +141,9 @@ parity float32_tf32off_nocudnn --dtype float32 --tf32 off --cudnn off
 # 3. The planted-bug table: every planted bug must be caught on the device too.
 if [[ -f parity_tests/mutations.py ]]; then
   mut_size=()
-  grep -q -- '"--grid"' parity_tests/mutations.py && (( dry )) && mut_size=(--grid 16 --width 4)
-  step mutations 40 mutations.md python3 -m parity_tests.mutations --device "$dev" "${mut_size[@]}" \
-    --out "$work/mutations.md"
+  (( dry )) && mut_size=(--grid 16 --width 4 --seeds 1 --only avg_pool_once --only rmsprop_alpha_0.9)
+  step mutations 40 mutations.json python3 -m parity_tests.mutations --device "$dev" "${mut_size[@]}" \
+    --json "$work/mutations.json"
 else
   step mutations 5 mutations.md bash -c 'echo "skipped: parity_tests/mutations.py is not in this checkout" | tee "$0"' \
     "$work/mutations.md"
