@@ -180,7 +180,7 @@ workers=$(( $(nproc) > 12 ? 12 : $(nproc) ))
 scratch=$(mktemp -d)  # the synthetic set
 step e2e_jax 40 e2e_jax/metrics.jsonl python3 train.py "${e2e[@]}" --root "$scratch/synth" --epochs 1 --plots false \
   --eval-batches 1 --out "$work/e2e_jax"
-step e2e_torch 20 e2e_torch/model.pth python3 -m v2v_torch_ref.train "${e2e[@]}" --root "$scratch/synth" --epochs 1 \
+step e2e_torch 20 e2e_torch/options.json python3 -m v2v_torch_ref.train "${e2e[@]}" --root "$scratch/synth" --epochs 1 \
   --plots false --num-workers "$workers" --out "$work/e2e_torch"
 grep -h "steady state" "$work"/e2e_*.log > "$work/e2e_summary.txt" 2>/dev/null
 rm -rf "$scratch" "$work"/e2e_jax/checkpoints "$work"/e2e_torch/model.pth  # the runs' weights are not results
