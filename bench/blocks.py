@@ -27,10 +27,11 @@ from flax import nnx
 
 import roofline
 from common import (JOINTS, autocast, base_parser, describe, header, inputs, interleaved, markdown_table,
-                    model_pair, on_gpu, parse, ratio, set_torch_backends, setup_torch, target_heatmaps, to_torch,
+                    model_pair, on_gpu, parse, ratio, setup_torch, target_heatmaps, to_torch,
                     torch_model, write_result)
 from v2v_jax import geometry
 from v2v_jax.formulations import CONV_IMPLS, STEM_IMPLS, UPSAMPLE_IMPLS
+from v2v_torch_ref.backends import torch_switches
 
 
 def submodule(model, path: str):
@@ -130,8 +131,8 @@ def measure_block(block, dtype, tf32, models, tmodel, args, device, rng) -> dict
             calls[name], costs[name] = jax_block_call(jblock, x, input_grad)
         calls["torch"] = torch_block_call(tmodel.get_submodule(block.path), x, device, dtype, args.torch == "best",
                                           input_grad)
-    set_torch_backends(args.torch == "best", tf32)
-    times = interleaved(calls, args.rounds, args.repeats)
+    with torch_switches(benchmark=args.torch == "best", tf32=tf32):
+        times = interleaved(calls, args.rounds, args.repeats)
     flops = args.batch * roofline.train_flops(block, args.grid)
     nbytes = args.batch * roofline.train_bytes(block, args.grid, dtype)
     row = {"path": block.path, "what": block.what, "grid": n, "count": block.count, "dtype": dtype, "tf32": tf32,

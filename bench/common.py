@@ -44,6 +44,7 @@ from v2v_jax.model import V2VModel  # noqa: E402
 from v2v_jax.train.optim import AUTHORS_RMSPROP, make_optimizer  # noqa: E402
 from v2v_jax.train.step import init_state, make_update, numerics_for  # noqa: E402
 from v2v_torch_ref import model as torch_model_lib  # noqa: E402
+from v2v_torch_ref.backends import set_switches, torch_switches  # noqa: E402
 from v2v_torch_ref.train import make_optimizer as torch_optimizer  # noqa: E402
 
 import roofline  # noqa: E402
@@ -78,9 +79,7 @@ def cpu_threads() -> int:
 def setup_torch() -> torch.device:
     """torch on the same kind of device as JAX; TF32 on for float32 on GPU, as JAX does by default."""
     if on_gpu():
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        set_switches(tf32=True, benchmark=True)
         return torch.device("cuda")
     torch.set_num_threads(cpu_threads())
     return torch.device("cpu")
@@ -215,18 +214,12 @@ def jax_train_step(jmodel: V2VModel, voxels, coords, compiler_options: dict | No
 TORCH_CONFIGS = ("plain", "best", "compiled")
 
 
-def set_torch_backends(benchmark: bool, tf32: bool) -> None:
-    """cuDNN's algorithm search and TF32 for convolutions and matmuls (no effect on CPU)."""
-    torch.backends.cudnn.benchmark = benchmark
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-
-
 def torch_train_step(tmodel: torch.nn.Module, voxels: torch.Tensor, heatmaps: torch.Tensor, dtype: str, *,
                      config: str = "plain", tf32: bool = True, compile_backend: str = "inductor"):
     """The reference's step (`v2v_torch_ref.train.train_step`: MSE mean, RMSprop 2.5e-4, alpha 0.99, eps 1e-8,
-    BN in train mode), with the forward and loss under autocast for bfloat16. Each call first sets the backend
-    switches of `config` and `tf32` (global in torch), so that configurations can be interleaved."""
+    BN in train mode), with the forward and loss under autocast for bfloat16. Each call runs under the backend
+    switches of `config` and `tf32` (global in torch, restored after the call), so that configurations can be
+    interleaved."""
     if config not in TORCH_CONFIGS:
         raise ValueError(f"torch config {config!r}; choose from {TORCH_CONFIGS}")
     opt = torch_optimizer(tmodel.parameters(), "rmsprop", AUTHORS_RMSPROP["lr"])
@@ -235,13 +228,13 @@ def torch_train_step(tmodel: torch.nn.Module, voxels: torch.Tensor, heatmaps: to
     benchmark = config != "plain"
 
     def call():
-        set_torch_backends(benchmark, tf32)
-        opt.zero_grad(set_to_none=True)
-        with autocast(dtype, voxels.device):
-            loss = torch.nn.functional.mse_loss(forward(voxels).float(), heatmaps)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+        with torch_switches(benchmark=benchmark, tf32=tf32):
+            opt.zero_grad(set_to_none=True)
+            with autocast(dtype, voxels.device):
+                loss = torch.nn.functional.mse_loss(forward(voxels).float(), heatmaps)
+            loss.backward()
+            opt.step()
+            return loss.detach()
 
     return call
 

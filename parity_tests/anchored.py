@@ -45,6 +45,7 @@ from v2v_jax.layers import BatchNorm3d, Numerics
 from v2v_jax.train.optim import AUTHORS_RMSPROP
 from v2v_jax.train.optim import make_optimizer as jax_optimizer
 from v2v_torch_ref import model as tmodel
+from v2v_torch_ref.backends import torch_switches
 from v2v_torch_ref.train import make_optimizer as torch_optimizer
 
 LR = AUTHORS_RMSPROP["lr"]
@@ -159,18 +160,6 @@ def _is_stat(key: str) -> bool:
 
 def _batch_stats(state: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: _numpy(v) / MOMENTUM for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
-
-
-@contextlib.contextmanager
-def torch_switches(*, cudnn: bool, tf32: bool):
-    """torch's cuDNN and TF32 switches (process-wide) for the duration of the block, restored afterwards."""
-    backends, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    saved = backends.enabled, backends.allow_tf32, matmul.allow_tf32
-    backends.enabled, backends.allow_tf32, matmul.allow_tf32 = cudnn, tf32, tf32
-    try:
-        yield
-    finally:
-        backends.enabled, backends.allow_tf32, matmul.allow_tf32 = saved
 
 
 def torch_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

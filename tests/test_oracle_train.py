@@ -14,6 +14,7 @@ from v2v_jax.config import PRESETS, Config
 from v2v_jax.data.synth import write_msra_dataset
 from v2v_torch_ref import geometry_ref
 from v2v_torch_ref import train as oracle
+from v2v_torch_ref.backends import torch_switches
 from v2v_torch_ref.model import V2VModel
 
 
@@ -97,3 +98,15 @@ def test_samples_follow_the_geometry(tmp_path):
         np.testing.assert_array_equal(voxels[0], expected)
         grids[name] = voxels
     assert (grids["ours"] != grids["port"]).any()
+
+
+def test_torch_switches_set_only_what_is_given_and_restore_it():
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    before = (cudnn.enabled, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32)
+    with torch_switches(benchmark=not before[1], tf32=not before[2]):
+        assert (cudnn.enabled, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == (
+            before[0], not before[1], not before[2], not before[2])
+        with torch_switches(cudnn=not before[0]):
+            assert cudnn.enabled == (not before[0])
+        assert cudnn.enabled == before[0]
+    assert (cudnn.enabled, cudnn.benchmark, cudnn.allow_tf32, matmul.allow_tf32) == before

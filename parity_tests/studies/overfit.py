@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from flax import nnx
 
-from parity_tests.anchored import torch_switches
 from v2v_jax import convert, geometry
 from v2v_jax.data import synth
 from v2v_jax.layers import Numerics
@@ -26,6 +25,7 @@ from v2v_jax.train import optim
 from v2v_jax.train import step as jax_step
 from v2v_torch_ref import model as torch_model_lib
 from v2v_torch_ref import train as torch_train
+from v2v_torch_ref.backends import torch_switches
 
 CUBE_MM = 200.0  # MSRA's cube: the synthetic hands use MSRA's camera and joints
 # Joint sets (MSRA order). The output heatmaps are a 1x1 convolution of `width` feature maps, so a net narrower
