@@ -670,6 +670,49 @@ if __name__ == "__main__":
 """
 
 
+SIGTERM_CHILD = """
+import multiprocessing.forkserver as forkserver, os, signal, sys
+from v2v_jax.data.loader import BatchLoader
+from v2v_jax.data.msra import MSRA
+
+
+def connect_then_sigterm(fds, connect=forkserver.connect_to_new_process):
+    pipes = connect(fds)  # the forkserver is asked for a worker, which is not running yet
+    os.killpg(os.getpgrp(), signal.SIGTERM)
+    return pipes
+
+
+def epochs(root):  # as train.py: a training and a test loader, released before exit
+    train = BatchLoader(MSRA(root, root + "/center", 1, "train"), 4, num_workers=1)
+    test = BatchLoader(MSRA(root, root + "/center", 1, "test"), 4, shuffle=False, drop_last=False, num_workers=1)
+    return len(list(train.epoch(seed=0, epoch=0))), len(list(test.epoch(seed=0, epoch=0)))
+
+
+if __name__ == "__main__":
+    received = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))  # as train.py's StopRequest
+    forkserver.connect_to_new_process = connect_then_sigterm
+    print(*epochs(sys.argv[1]), len(received))
+"""
+
+
+@pytest.mark.slow  # 8-12 s: a process importing torch and JAX, and its forkserver
+def test_sigterm_to_the_group_while_loader_workers_start_leaves_them_running(clean_set):
+    """A scheduler's SIGTERM reaches the whole process group, the forkserver too, at whatever moment: at an epoch's
+    end, it once came while the test-set loader started its workers, and the run crashed with an EOFError from the
+    forkserver instead of checkpointing. Here it comes deterministically at each worker's start, the training
+    loader's (forkserver just started) and the test loader's (forkserver running): every batch is read and the main
+    process receives both signals."""
+    main = subprocess.Popen([sys.executable, "-c", SIGTERM_CHILD, str(clean_set)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = main.communicate(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(main.pid, signal.SIGKILL)
+    assert (main.returncode, out.split()) == (0, ["4", "5", "2"]), err[-3000:]
+
+
 def descendants(pid: int) -> list[int]:
     children = collections.defaultdict(list)
     for status in Path("/proc").glob("[0-9]*/status"):

@@ -7,13 +7,16 @@ skips `start_batch` batches without reading them, and each worker reads and stac
 torch tensors wrapping the NumPy arrays (shared memory instead of pickling) and the caller gets NumPy back
 without a copy. Workers start through `forkserver`, not `fork`, because the training process runs JAX's
 threads and forking a threaded process can deadlock; as a forkserver start re-imports the main module (about
-2 s here), `BatchLoader` keeps its workers for the whole run.
+2 s here), `BatchLoader` keeps its workers for the whole run. The forkserver and the workers never see SIGINT or
+SIGTERM: the main process alone decides when to stop (`_start_forkserver`).
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import multiprocessing.forkserver
+import multiprocessing.resource_tracker
 import os
 import select
 import signal
@@ -83,11 +86,29 @@ def _to_tensors(batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {key: torch.from_numpy(value) for key, value in batch.items()}
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _start_forkserver() -> None:
+    """Starts multiprocessing's forkserver, if it is not running, with SIGINT and SIGTERM blocked: it keeps that
+    signal mask for life, and so does every worker it forks, until `_start_worker` ignores both. Python's forkserver
+    ignores SIGINT only, so a scheduler's SIGTERM to the process group killed it, and a worker being started then
+    (the test-set loader's, at an epoch's end) crashed the main process with EOFError before it could checkpoint.
+    The resource tracker starts the same way (multiprocessing/resource_tracker.py), and first: its start unblocks
+    both signals."""
+    multiprocessing.resource_tracker.ensure_running()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _start_worker(main_pid: int, _worker_id: int) -> None:
     """Workers ignore SIGINT and SIGTERM: a terminal's Ctrl-C or a scheduler's SIGTERM reaches the whole process
     group, and a worker dying mid-batch would crash the main process before it can checkpoint and stop. The main
     process shuts its workers down; a worker also exits as soon as the main process dies, however it dies."""
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     threading.Thread(target=_exit_when_gone, args=(main_pid,), daemon=True, name="watch-main-process").start()
 
@@ -124,6 +145,8 @@ class BatchLoader:
                  num_workers: int = 0, prefetch_factor: int = 2, mp_context: str = "forkserver"):
         self.dataset, self.batch_size, self.shuffle, self.drop_last = dataset, batch_size, shuffle, drop_last
         self._plan = _EpochPlan()
+        if num_workers and mp_context == "forkserver":
+            _start_forkserver()
         workers = dict(multiprocessing_context=mp_context, prefetch_factor=prefetch_factor, persistent_workers=True,
                        worker_init_fn=functools.partial(_start_worker, os.getpid())) if num_workers else {}
         self._loader = torch.utils.data.DataLoader(_BatchReader(dataset), batch_size=None, sampler=self._plan,
