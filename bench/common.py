@@ -149,7 +149,7 @@ def model_pair(conv: str, dtype: str, device: torch.device, seed: int = 0, chann
     """(JAX V2VModel, torch V2VModel) with the same weights (the torch model's, copied). precision: 'default'
     (TF32 convolutions on Ampere+ GPUs) or 'highest' (full float32) for JAX's convolutions and products."""
     tmodel = torch_model(device, seed, channels_last, width)
-    numerics = dataclasses.replace(numerics_for(dtype, conv=conv), upsample=upsample,
+    numerics = dataclasses.replace(numerics_for(dtype, conv=conv, upsample=upsample),
                                    precision=None if precision == "default" else jax.lax.Precision.HIGHEST)
     jmodel = V2VModel(1, JOINTS, width, numerics=numerics, rngs=nnx.Rngs(seed))
     convert.load_torch_state_dict(jmodel, {k: v.cpu() for k, v in tmodel.state_dict().items()})

@@ -22,7 +22,7 @@ from v2v_jax.data.synth import write_msra_dataset
 from v2v_jax.train.checkpoint import Checkpointer
 from v2v_jax.train.loop import Progress, build_model
 from v2v_jax.train.optim import make_optimizer
-from v2v_jax.train.step import init_state
+from v2v_jax.train.step import init_state, numerics_for
 from v2v_torch_ref.model import V2VModel
 
 
@@ -59,6 +59,8 @@ BAD_FLAGS = {  # flags: the line that must name each
     ("--test-subject", "5"): [r"--test-subject 5: the synthetic set has subjects 0..4"],
     ("--data", "msra"): [r"--data msra: needs --root DIR", r"--data msra: needs --test-subject K"],
     ("--grid", "x"): [r"argument --grid: invalid int value: 'x'"],
+    ("--upsample", "bilinear"): [r"argument --upsample: invalid choice: 'bilinear' \(choose from '?einsum'?, "],
+    ("--conv", "fft"): [r"argument --conv: invalid choice: 'fft' \(choose from '?auto'?, '?xla'?, "],
     ("--width", "0", "--batch-size", "-2"): [r"--batch-size -2: must be", r"--width 0: must be"],
 }
 
@@ -70,6 +72,13 @@ def test_a_bad_flag_is_refused_in_one_line_naming_it(argv, capsys):
     assert len(lines) == len(BAD_FLAGS[argv]) + 1 and lines[-1].endswith("--help lists every option"), err
     for pattern, line in zip(BAD_FLAGS[argv], lines):
         assert re.search(r"error: " + pattern, line), (pattern, line)
+
+
+def test_the_formulation_flags_reach_the_model_s_numerics():
+    cfg = parse_config(["--conv", "xla", "--upsample", "phases"])
+    numerics = numerics_for(cfg.dtype, cfg.batchnorm, cfg.init, cfg.conv, cfg.upsample)
+    assert (numerics.conv, numerics.upsample) == ("xla", "phases")
+    assert parse_config([]).upsample == "einsum"
 
 
 def test_the_defaults_and_presets_are_valid():

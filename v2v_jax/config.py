@@ -14,6 +14,7 @@ from pathlib import Path
 
 from v2v_jax.data.cameras import MSRA_GESTURES
 from v2v_jax.dtypes import PRECISIONS
+from v2v_jax.formulations import CONV_IMPLS, UPSAMPLE_IMPLS
 from v2v_jax.geometry import DECODE_METHODS
 from v2v_jax.train.optim import AUTHORS_RMSPROP, OPTIMIZERS, SCHEDULES
 
@@ -50,6 +51,7 @@ class Config:
     batchnorm: str = "torch"         # torch | flax
     init: str = "original"           # original | framework
     conv: str = "auto"               # convolution formulation (v2v_jax.formulations.CONV_IMPLS; auto: per backend)
+    upsample: str = "einsum"         # ConvTranspose3d formulation (v2v_jax.formulations.UPSAMPLE_IMPLS)
     # Optimisation.
     optimizer: str = "adam"          # adam | rmsprop (the authors', with --preset paper) | sgd
     lr: float = 1e-3
@@ -103,7 +105,7 @@ CHOICES = {
     "data": DATASET_CHOICES, "dtype": tuple(PRECISIONS), "batchnorm": ("torch", "flax"),
     "init": ("original", "framework"), "optimizer": OPTIMIZERS, "on_nonfinite": ("stop", "skip"),
     "on_bad_frame": ("error", "skip"), "decode": DECODE_METHODS, "geometry": ("ours", "port"),
-    "preset": tuple(PRESETS), "itop_view": ("side", "top"), "schedule": SCHEDULES, "loss": ("mse", "integral"),
+    "preset": tuple(PRESETS), "conv": ("auto",) + CONV_IMPLS, "upsample": UPSAMPLE_IMPLS, "itop_view": ("side", "top"), "schedule": SCHEDULES, "loss": ("mse", "integral"),
 }
 
 

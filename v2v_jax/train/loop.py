@@ -57,7 +57,7 @@ class StopRequest:
 
 
 def build_model(cfg: Config, num_joints: int) -> V2VModel:
-    numerics = numerics_for(cfg.dtype, cfg.batchnorm, cfg.init, cfg.conv)
+    numerics = numerics_for(cfg.dtype, cfg.batchnorm, cfg.init, cfg.conv, cfg.upsample)
     return V2VModel(1, num_joints, cfg.width, numerics=numerics, rngs=nnx.Rngs(cfg.seed))
 
 

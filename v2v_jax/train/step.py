@@ -57,10 +57,11 @@ class TrainState(flax.struct.PyTreeNode):
     skipped: jax.Array       # int32 scalar: steps skipped for non-finite values
 
 
-def numerics_for(dtype: str, batchnorm: str = "torch", init: str = "original", conv: str = "auto") -> Numerics:
+def numerics_for(dtype: str, batchnorm: str = "torch", init: str = "original", conv: str = "auto",
+                 upsample: str = "einsum") -> Numerics:
     """The model's Numerics for the precision named `dtype` (v2v_jax/dtypes.py) and the other options."""
     compute, param = PRECISIONS[dtype]
-    return Numerics(dtype=compute, param_dtype=param, batchnorm=batchnorm, init=init, conv=conv)
+    return Numerics(dtype=compute, param_dtype=param, batchnorm=batchnorm, init=init, conv=conv, upsample=upsample)
 
 
 def init_state(model: V2VModel, tx: optax.GradientTransformation, seed: int):
