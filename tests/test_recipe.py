@@ -12,7 +12,7 @@ from v2v_jax import geometry
 from v2v_jax.config import RECIPE, Config, parse_config
 from v2v_jax.data import cameras
 from v2v_jax.train.optim import AUTHORS_RMSPROP, learning_rate, make_optimizer
-from v2v_jax.train.step import GeometryConfig, training_loss
+from v2v_jax.train.step import GeometryConfig, ema_update, training_loss
 
 
 def test_paper_preset_is_the_authors_configuration():
@@ -78,3 +78,14 @@ def test_translation_range_is_the_configured_one():
     for limit in (1.0, geometry.MAX_TRANSLATION_VOXELS):
         t = jax.vmap(lambda k: geometry.sample_augmentation(k, max_translation=limit).translation)(keys)
         assert float(jnp.abs(t).max()) <= limit and float(jnp.abs(t).max()) > 0.99 * limit
+
+
+def test_moving_average_warms_up_then_decays_at_the_given_rate():
+    """rate = min(decay, (1 + t) / (10 + t)): 2/11 after the first step, so the initial weights fade at once, and
+    `decay` itself from t = (10 decay - 1) / (1 - decay) on (890 for 0.99); an integer leaf takes the new value."""
+    average = {"w": jnp.array([1.0, 2.0]), "count": jnp.array(3, jnp.int32)}
+    new = {"w": jnp.array([3.0, 6.0]), "count": jnp.array(4, jnp.int32)}
+    for step, rate in ((1, 2 / 11), (100, 101 / 110), (890, 0.99), (5000, 0.99)):
+        out = ema_update(average, new, jnp.asarray(step, jnp.int32), 0.99)
+        np.testing.assert_allclose(out["w"], rate * average["w"] + (1 - rate) * new["w"], rtol=1e-6)
+        assert out["count"].dtype == jnp.int32 and int(out["count"]) == 4

@@ -39,7 +39,7 @@ from v2v_jax.train.checkpoint import Checkpointer, CheckpointError, CorruptCheck
 from v2v_jax.train.loop import restore
 from v2v_jax.train.run_dir import RunDirError, ScalarLog, acquire, read_log, truncate_log
 from v2v_jax.train.optim import make_optimizer
-from v2v_jax.train.step import TrainState, init_state, make_update, numerics_for
+from v2v_jax.train.step import TrainState, ema_update, init_state, make_update, numerics_for
 
 MiB = 2**20
 pytestmark = pytest.mark.timeout(300)  # a fault that hangs (instead of raising) fails here rather than stalling CI
@@ -435,12 +435,12 @@ class TinyNet(nnx.Module):
         return self.block(x)
 
 
-def run_steps(on_nonfinite: str, nan_at_step: int, steps: int):
+def run_steps(on_nonfinite: str, nan_at_step: int, steps: int, ema_decay: float = 0.0):
     """[(state before, metrics, state after)] of `steps` updates of TinyNet on a fixed batch, whose targets are NaN
-    at step `nan_at_step` (counted from 1)."""
+    at step `nan_at_step` (counted from 1); with `ema_decay`, the state keeps moving averages."""
     tx = make_optimizer("rmsprop", 1e-2)
-    train_def, _, state = init_state(TinyNet(nnx.Rngs(0)), tx, 0)
-    update = jax.jit(make_update(train_def, tx, on_nonfinite=on_nonfinite))
+    train_def, _, state = init_state(TinyNet(nnx.Rngs(0)), tx, 0, ema=ema_decay > 0)
+    update = jax.jit(make_update(train_def, tx, on_nonfinite=on_nonfinite, ema_decay=ema_decay))
     rng = np.random.default_rng(0)
     voxels = (rng.random((2, 4, 4, 4, 1)) < 0.5).astype(np.float32)
     coords = rng.uniform(0, 4, (2, 3, 3)).astype(np.float32)
@@ -473,6 +473,34 @@ def test_injected_nan_step_is_skipped_and_counted():
     final = history[-1][2]
     assert all(np.isfinite(x).all() for x in jax.tree.leaves(final.params))
     assert not np.array_equal(jax.tree.leaves(final.params)[0], jax.tree.leaves(after.params)[0])  # it trains on
+
+
+
+def test_moving_average_follows_the_weights_and_stands_still_on_a_skipped_step():
+    history = run_steps("skip", nan_at_step=3, steps=4, ema_decay=0.9)
+    for before, metrics, after in history:
+        for name in ("params", "batch_stats"):
+            average, previous = getattr(after, "ema_" + name), getattr(before, "ema_" + name)
+            expected = ema_update(previous, getattr(after, name), after.step, 0.9) if metrics["finite"] else previous
+            for x, y in zip(jax.tree.leaves(average), jax.tree.leaves(expected), strict=True):
+                np.testing.assert_allclose(x, y, rtol=1e-6)
+    final = history[-1][2]
+    assert not np.array_equal(jax.tree.leaves(final.ema_params)[0], jax.tree.leaves(final.params)[0])
+
+
+def test_moving_averages_are_checkpointed_and_are_what_inference_restores(tmp_path):
+    state = tiny_state(5)
+    state = state.replace(ema_params=jax.tree.map(lambda x: x + 1, state.params),
+                          ema_batch_stats=jax.tree.map(lambda x: x - 1, state.batch_stats))
+    checkpoints = Checkpointer(tmp_path / "ckpt")
+    checkpoints.save(state, {"step": 5})
+    checkpoints.wait()
+    restored, _ = checkpoints.restore_latest(state)
+    assert_state_equal(restored, state)
+    params, batch_stats, _ = checkpoints.restore_variables(state.params, state.batch_stats, 5)
+    assert_state_equal(state.replace(params=params, batch_stats=batch_stats),
+                       state.replace(params=state.ema_params, batch_stats=state.ema_batch_stats))
+    checkpoints.close()
 
 
 # --- data faults ------------------------------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class Config:
     warmup_steps: int = 0
     loss: str = "mse"                # mse (the paper's heatmap MSE) | integral (mse + integral_weight * soft-argmax L1)
     integral_weight: float = 0.01
+    ema_decay: float = 0.0           # >0: evaluate (and checkpoint) a moving average of the weights with this decay
     batch_size: int = 8
     epochs: int = 8
     max_steps: int | None = None     # stop after this many steps in total (tests, quick looks)
@@ -126,6 +127,7 @@ RULES = {
     "beta": _positive(),
     "integral_weight": _positive(),
     "warmup_steps": _at_least(0),
+    "ema_decay": ((lambda v: math.isfinite(v) and 0 <= v < 1), "must be a number in [0, 1) (0: no moving average)"),
     "max_translation": ((lambda v: math.isfinite(v) and v >= 0), "must be a finite number >= 0"),
     "cube_mm": _positive("the data set's cube"),
     "batch_size": _at_least(1),
@@ -244,7 +246,8 @@ def save_config(config: Config, run_dir: Path) -> None:
 def describe(cfg: Config) -> str:
     schedule = "" if cfg.schedule == "constant" else f" ({cfg.schedule}, {cfg.warmup_steps} warm-up steps)"
     return (f"grid {cfg.grid}^3, cube {cfg.cube_mm or 'data set'} mm, width {cfg.width}, batch {cfg.batch_size}, "
-            f"{cfg.optimizer} lr {cfg.lr}{schedule}, {cfg.loss} loss, {cfg.decode} decoding, {cfg.dtype}")
+            f"{cfg.optimizer} lr {cfg.lr}{schedule}, {cfg.loss} loss, {cfg.decode} decoding, {cfg.dtype}"
+            + (f", weights averaged (decay {cfg.ema_decay})" if cfg.ema_decay else ""))
 
 
 def repeat_flags(cfg: Config) -> str:

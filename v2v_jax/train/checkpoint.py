@@ -220,11 +220,14 @@ class Checkpointer:
 
     def restore_variables(self, params, batch_stats, step: int) -> tuple[Any, Any, dict]:
         """(params, batch_stats, record) of checkpoint `step`, in the structures of the given templates: what
-        inference needs, without an optimiser or a TrainState. Errors as `restore`."""
+        inference needs, without an optimiser or a TrainState; the moving averages where the run kept them (what
+        its evaluation used). Errors as `restore`."""
         leaves, record = self.read(step)
         fields = record["fields"]
-        return (self._fit(step, leaves[slice(*fields["params"])], params),
-                self._fit(step, leaves[slice(*fields["batch_stats"])], batch_stats), record)
+        start, stop = fields.get("ema_params", (0, 0))
+        prefix = "ema_" if stop > start else ""
+        return (self._fit(step, leaves[slice(*fields[prefix + "params"])], params),
+                self._fit(step, leaves[slice(*fields[prefix + "batch_stats"])], batch_stats), record)
 
     def restore_latest(self, template: TrainState, set_aside_corrupt: bool = False
                        ) -> tuple[TrainState, dict] | None:

@@ -87,7 +87,10 @@ class Progress:
 
 
 def eval_variables(state: TrainState) -> tuple:
-    """The (params, batch_stats) that evaluation uses: the one place to choose them."""
+    """The (params, batch_stats) that evaluation uses, their moving averages under --ema-decay: the one place to
+    choose them."""
+    if state.ema_params is not None:
+        return state.ema_params, state.ema_batch_stats
     return state.params, state.batch_stats
 
 
@@ -231,7 +234,8 @@ def train(cfg: Config, transform_step: Callable[[Callable], Callable] | None = N
     run_dir, is_writer = Path(cfg.out), jax.process_index() == 0  # processes may share run_dir: process 0 writes
     data = open_run_data(cfg)
     tx = make_optimizer(cfg.optimizer, learning_rate(cfg.lr, cfg.schedule, data.total_steps, cfg.warmup_steps))
-    train_def, eval_def, state = init_state(build_model(cfg, data.spec.num_joints), tx, cfg.seed)
+    train_def, eval_def, state = init_state(build_model(cfg, data.spec.num_joints), tx, cfg.seed,
+                                             ema=cfg.ema_decay > 0)
     geo = geometry_config(cfg, data.spec)
     lock = acquire(run_dir, cfg.resume, disk_needed(cfg, state)) if is_writer else None
     stop = StopRequest()
@@ -244,7 +248,7 @@ def train(cfg: Config, transform_step: Callable[[Callable], Callable] | None = N
             save_config(cfg, run_dir)
         mesh = parallel.data_mesh(cfg.batch_size)
         state = parallel.replicate(state, mesh)
-        train_step = make_train_step(train_def, tx, geo, on_nonfinite=cfg.on_nonfinite)
+        train_step = make_train_step(train_def, tx, geo, on_nonfinite=cfg.on_nonfinite, ema_decay=cfg.ema_decay)
         train_step = transform_step(train_step) if transform_step is not None else train_step
         train_loader = BatchLoader(data.train_set, cfg.batch_size, num_workers=cfg.num_workers)
         test_loader = BatchLoader(data.test_set, cfg.batch_size, shuffle=False, drop_last=False,

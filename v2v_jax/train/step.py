@@ -55,6 +55,8 @@ class TrainState(flax.struct.PyTreeNode):
     opt_state: Any
     key: jax.Array           # base PRNG key; step s draws from fold_in(key, s)
     skipped: jax.Array       # int32 scalar: steps skipped for non-finite values
+    ema_params: Any = None   # moving averages of params and batch_stats (`ema_update`); None without --ema-decay
+    ema_batch_stats: Any = None
 
 
 def numerics_for(dtype: str, batchnorm: str = "torch", init: str = "original", conv: str = "auto",
@@ -64,8 +66,9 @@ def numerics_for(dtype: str, batchnorm: str = "torch", init: str = "original", c
     return Numerics(dtype=compute, param_dtype=param, batchnorm=batchnorm, init=init, conv=conv, upsample=upsample)
 
 
-def init_state(model: V2VModel, tx: optax.GradientTransformation, seed: int):
-    """Splits a model into (train graphdef, eval graphdef, TrainState)."""
+def init_state(model: V2VModel, tx: optax.GradientTransformation, seed: int, ema: bool = False):
+    """Splits a model into (train graphdef, eval graphdef, TrainState); with `ema`, the moving averages start at
+    the initial variables."""
     model.train()
     train_def, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
     model.eval()
@@ -73,7 +76,19 @@ def init_state(model: V2VModel, tx: optax.GradientTransformation, seed: int):
     model.train()
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                        opt_state=tx.init(params), key=jax.random.key(seed), skipped=jnp.zeros((), jnp.int32))
+    if ema:
+        copy = lambda tree: jax.tree.map(jnp.copy, tree)  # noqa: E731  (own buffers: the train step donates them)
+        state = state.replace(ema_params=copy(params), ema_batch_stats=copy(batch_stats))
     return train_def, eval_def, state
+
+
+def ema_update(average, new, step: jax.Array, decay: float):
+    """The moving average after `step` steps: rate * average + (1 - rate) * new for every float leaf, with
+    rate = min(decay, (1 + step) / (10 + step)) so the initial weights fade within the first steps (the decay of
+    tf.train.ExponentialMovingAverage with num_updates); integer leaves (BatchNorm's counter) take the new value."""
+    rate = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    blend = lambda a, x: (rate * a + (1 - rate) * x).astype(x.dtype) if jnp.issubdtype(x.dtype, jnp.inexact) else x  # noqa: E731
+    return jax.tree.map(blend, average, new)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -82,10 +97,11 @@ def _all_finite(tree) -> jax.Array:
 
 
 def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: str = "stop",
-                objective: Callable = geometry.heatmap_mse) -> Callable:
+                objective: Callable = geometry.heatmap_mse, ema_decay: float = 0.0) -> Callable:
     """update(state, voxels, joint_coords) -> (state, metrics): one optimiser step on given inputs and targets,
-    minimising objective(heatmaps, joint_coords). metrics['loss'] is the objective, metrics['heatmap_mse'] the
-    heatmap MSE (the same number for the paper's objective)."""
+    minimising objective(heatmaps, joint_coords), and of the moving averages if the state has them (`ema_decay`).
+    metrics['loss'] is the objective, metrics['heatmap_mse'] the heatmap MSE (the same number for the paper's
+    objective)."""
 
     def loss_fn(params, batch_stats, voxels, coords):
         model = nnx.merge(train_def, params, batch_stats, copy=True)
@@ -99,11 +115,16 @@ def make_update(train_def, tx: optax.GradientTransformation, *, on_nonfinite: st
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        if state.ema_params is not None:
+            new = new.replace(ema_params=ema_update(state.ema_params, params, new.step, ema_decay),
+                              ema_batch_stats=ema_update(state.ema_batch_stats, batch_stats, new.step, ema_decay))
         if on_nonfinite == "skip":
             keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)  # noqa: E731
             new = new.replace(params=keep(new.params, state.params),
                               batch_stats=keep(new.batch_stats, state.batch_stats),
                               opt_state=keep(new.opt_state, state.opt_state),
+                              ema_params=keep(new.ema_params, state.ema_params),
+                              ema_batch_stats=keep(new.ema_batch_stats, state.ema_batch_stats),
                               skipped=state.skipped + (~finite).astype(jnp.int32))
         return new, {"loss": loss, "heatmap_mse": mse, "finite": finite, "grad_norm": optax.global_norm(grads)}
 
