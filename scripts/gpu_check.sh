@@ -4,7 +4,11 @@
 #   bash scripts/gpu_check.sh [RESULT_DIR]            # default: $OUT if set (device tool), else docs/results/gpu-DATE
 #   bash scripts/gpu_check.sh --dry-run [RESULT_DIR]  # the same steps at tiny sizes on the CPU (default: a temp dir)
 #   STEPS="e2e_jax study_precision" bash scripts/gpu_check.sh   # only these steps (names as in summary.txt)
+#   STEPS=study_precision DEADLINE=200 bash scripts/gpu_check.sh  # the follow-up call: the precision study
 #
+# The precision study (13 configurations) does not fit beside the rest in one call (one call left it 60-100 s, about
+# half of them: docs/benchmarks.md): a call without STEPS runs every other step and ends by naming the follow-up
+# call, which gives the study the whole DEADLINE; STEPS runs exactly the steps it names; the dry run runs all.
 # Steps run in order of importance, each with its own time limit, cut to what is left of the deadline (env
 # DEADLINE, seconds); a step that cannot get 20 s is skipped, and a failing step does not stop the others (the dry
 # run gives every step DRY_LIMIT seconds, default 300: a loaded CPU is no measure of a GPU's budgets). Each step
@@ -12,7 +16,8 @@
 # every step summary.txt, summary.jsonl (one line per step: rc, seconds, its result file and whether it exists) and,
 # under the device tool ($OUT set: at most 8 files come back), gpu_results.tgz with everything are rewritten, so a
 # call cut short keeps what it measured (a parity step's rc 1 with its result present is the report's verdict "JAX
-# deviates"). Wheels in .whl/ (flax, tensorboardX) are installed first when present.
+# deviates"); a later call into the same RESULT_DIR appends to the summaries. Wheels in .whl/ (flax, tensorboardX)
+# are installed first when present.
 set -u
 dry=0
 positional=()
@@ -37,8 +42,9 @@ else
 fi
 mkdir -p "$result_dir" || exit 2
 if (( pack )); then work=$(mktemp -d); else work=$result_dir; fi
-: > "$work/summary.txt"
-: > "$work/summary.jsonl"
+echo "# $(date -u '+%Y-%m-%d %H:%M UTC'), DEADLINE $deadline s, STEPS ${STEPS:-(all but the follow-up call)}" \
+  >> "$work/summary.txt"
+touch "$work/summary.jsonl"
 export PYTHONUNBUFFERED=1
 # Programs compiled twice in this call (the same JAX model under another torch switch) compile once.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-$(mktemp -d)}
@@ -62,7 +68,10 @@ publish() {  # the summary (and under the device tool the tarball) as they stand
   fi
 }
 
-wanted() { [[ -z ${STEPS:-} || " $STEPS " == *" $1 "* ]]; }
+follow_up=study_precision  # run only when STEPS names it (or in the dry run): see the top
+wanted() {
+  if [[ -n ${STEPS:-} ]]; then [[ " $STEPS " == *" $1 "* ]]; else (( dry )) || [[ " $follow_up " != *" $1 "* ]]; fi
+}
 
 step() {  # step NAME SECONDS RESULT COMMAND...: run COMMAND with at most SECONDS; RESULT is the file it writes
   local name=$1 limit=$2 result=$3
@@ -140,7 +149,10 @@ parity float32_tf32off_nocudnn --dtype float32 --tf32 off --cudnn off
 
 # 3. The planted-bug table: every planted bug must be caught on the device too.
 if [[ -f parity_tests/mutations.py ]]; then
-  mut_size=()
+  # One unmodified seed and three PyTorch bugs (pool, optimizer, one BatchNorm layer): a PyTorch bug reruns only
+  # PyTorch's steps, a JAX bug recompiles JAX's two, so this is what fits 40 s beside the unpatched runs (~25 s,
+  # like a parity step). The whole table is `python -m parity_tests.mutations --device gpu` (~32 x 5-15 s).
+  mut_size=(--seeds 1 --only avg_pool_once --only rmsprop_alpha_0.9 --only bn_eps_1e-3_one_layer)
   (( dry )) && mut_size=(--grid 16 --width 4 --seeds 1 --only avg_pool_once --only rmsprop_alpha_0.9)
   step mutations 40 mutations.json python3 -m parity_tests.mutations --device "$dev" "${mut_size[@]}" \
     --json "$work/mutations.json"
@@ -185,10 +197,13 @@ step e2e_torch 20 e2e_torch/options.json python3 -m v2v_torch_ref.train "${e2e[@
 grep -h "steady state" "$work"/e2e_*.log > "$work/e2e_summary.txt" 2>/dev/null
 rm -rf "$scratch" "$work"/e2e_jax/checkpoints "$work"/e2e_torch/model.pth  # the runs' weights are not results
 
-# 7. The precision study, every configuration (the cuDNN-BatchNorm float32 rows included), last: its own budget
-# stops it starting configurations in time to write its report.
-step study_precision 130 precision/precision_report.md python3 -m parity_tests.studies precision --device "$dev" \
-  "${study_size[@]}" --budget-s "${fixed_budget:-$(budget 130 25)}" --out "$work/precision"
+# 7. The precision study, every configuration (the cuDNN-BatchNorm float32 rows included): the follow-up call, given
+# the whole deadline; its own budget stops it starting configurations in time to write its report.
+step study_precision "$deadline" precision/precision_report.md python3 -m parity_tests.studies precision \
+  --device "$dev" "${study_size[@]}" --budget-s "${fixed_budget:-$(budget "$deadline" 25)}" --out "$work/precision"
 
 echo "done in $(( $(date +%s) - start ))s" | tee -a "$work/summary.txt"
+if [[ -z ${STEPS:-} ]] && (( ! dry )); then
+  echo "next: STEPS=$follow_up DEADLINE=200 bash scripts/gpu_check.sh (the precision study)" | tee -a "$work/summary.txt"
+fi
 publish
