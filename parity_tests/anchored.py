@@ -146,6 +146,7 @@ class Trace:
     batch_stats: dict[str, np.ndarray]  # BN running_mean / running_var key -> first step's batch mean / unb. var
     trained: dict[str, np.ndarray]  # state_dict after config.steps steps
     losses: list[float]
+    stepped: dict[str, np.ndarray]  # parameter key -> its value after the first step
 
 
 def _numpy(t) -> np.ndarray:
@@ -199,6 +200,9 @@ def torch_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) 
                              batch_stats=_batch_stats(model.state_dict()))
             optimizer.step()
             losses.append(loss.item())
+            if step == 0:
+                # copies: a float64 parameter's array is its storage, which the next steps update in place
+                first["stepped"] = {k: _numpy(p).copy() for k, p in model.named_parameters()}
         trained = {k: _numpy(v) for k, v in model.state_dict().items()}
     return Trace(**first, trained=trained, losses=losses)
 
@@ -255,10 +259,12 @@ def jax_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) ->
                 grad_model = nnx.clone(model)
                 nnx.update(grad_model, g_model)
                 grads = {k: _numpy(v) for k, v in convert.torch_state_dict(grad_model).items() if not _is_stat(k)}
+                state = convert.torch_state_dict(model)
                 first = dict(acts={**{k: to_torch_layout(_numpy(v)) for k, v in taps.items()},
                                    OUTPUT: to_torch_layout(_numpy(y))},
                              loss=float(loss), input_grad=to_torch_layout(_numpy(g_x)), grads=grads,
-                             batch_stats=_batch_stats(convert.torch_state_dict(model)))
+                             batch_stats=_batch_stats(state),
+                             stepped={k: _numpy(v) for k, v in state.items() if not _is_stat(k)})
         trained = {k: _numpy(v) for k, v in convert.torch_state_dict(model).items()}
     return Trace(**first, trained=trained, losses=losses)
 
@@ -507,8 +513,9 @@ def first_site(rows: list[TensorRow], amp: dict[str, dict[str, float]]) -> Site 
     """Where the frameworks first part.
 
     A float64 disagreement is a bug whatever the low precision does: the first block whose float64 output
-    disagrees while its inputs agree (forward), else the disagreeing gradient nearest the output (the first the
-    backward pass meets), else the first disagreeing statistic or trained parameter. A low-precision deviation:
+    disagrees while its inputs agree (forward), else the loss (of an output that agrees), else the disagreeing
+    gradient nearest the output (the first the backward pass meets), else the first disagreeing statistic or
+    trained parameter. A low-precision deviation:
     the first block, in execution order, where one framework's amplification of its input error exceeds the
     other's beyond the calibrated band (so a block downstream of the culprit, which only carries its error along,
     is not blamed); else, for deviations that do not show in the forward pass, the deviating gradient nearest the
@@ -520,6 +527,8 @@ def first_site(rows: list[TensorRow], amp: dict[str, dict[str, float]]) -> Site 
         for block in SOURCES:
             if block in forward and not forward & set(SOURCES[block]):
                 return Site((block,), "activation", None, True)
+        if any(r.quantity == "loss" for r in bad64):  # every output agrees, the loss does not: the loss
+            return Site((OUTPUT,), "loss", None, True)
         return _later_site(bad64, None, True)
     m = AMPLIFICATION_MULTIPLIER
     for block, a in amp.items():
@@ -545,9 +554,47 @@ def _after_step1(quantity: str) -> bool:
         or quantity.startswith("losses over")
 
 
-def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, torch_patch: Callable) -> Divergence:
+def rmsprop_first_step(weights: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """torch.optim.RMSprop's first step with the authors' settings, in NumPy float64: the square average starts
+    at 0, so it is (1 - alpha) g^2, and eps is added outside its square root."""
+    alpha, eps = AUTHORS_RMSPROP["alpha"], AUTHORS_RMSPROP["eps"]
+    return {k: np.asarray(weights[k], np.float64) - LR * g / (np.sqrt((1 - alpha) * g * g) + eps)
+            for k, g in grads.items()}
+
+
+# The bound on a float64 result judged alone against NumPy. The optimizer's first step is a handful of float64
+# operations per entry, each rounding by u64 relative: a correct one agrees with rmsprop_first_step to ~10 u64
+# (RMSprop's step, ~10 lr = 2.5e-3, and the init are unrelated, so ||p1|| is not much below their sum). The loss
+# sums K squares: (1 + log2 K) u64 (Higham 2002, section 4.2), 20 u64 at K = 2 * 21 * 16^3. The bugs of the
+# planted-bug suite move either by 1e-1 or more.
+ALONE_BOUND = V.FLOAT64_FLOOR * V.unit_roundoff("float64")
+
+
+def judged_alone(runs: Mapping[str, Mapping[str, Trace]], weights: Mapping[str, Mapping[str, np.ndarray]],
+                 target: np.ndarray, op: str) -> list[str]:
+    """The frameworks whose float64 `op` ('optimizer' or 'loss') is wrong, each judged on its own float64 run
+    against NumPy, as the op localiser judges an op: the first step against `rmsprop_first_step` of its own
+    gradients, the loss against the MSE of its own output."""
+    bad = []
+    for fw, by_dtype in runs.items():
+        trace = by_dtype["float64"]
+        if op == "optimizer":
+            truth = rmsprop_first_step(weights[fw], trace.grads)
+            keys = sorted(truth)
+            got, want = ([d[k].ravel() for k in keys] for d in (trace.stepped, truth))
+        else:
+            got, want = [[trace.loss]], [[np.mean(np.square(trace.acts[OUTPUT] - target))]]
+        if not V.errors(np.concatenate(got), np.concatenate(want)).rel_fro <= ALONE_BOUND:
+            bad.append(fw)
+    return bad
+
+
+def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, torch_patch: Callable,
+             alone: Callable[[str], list[str]] = lambda op: []) -> Divergence:
     """The site named in words, with the op from `parity_tests.ops.localise_op` (fed the float64 truth of each
-    candidate block's input and output cotangent, in turn, until one names an op), when that module is there."""
+    candidate block's input and output cotangent, in turn, until one names an op), when that module is there.
+    `alone(op)`: the frameworks whose float64 optimizer or loss is wrong (`judged_alone`), asked when the float64
+    runs first disagree after the first step, or at the loss of an output that agrees."""
     dtype = "float64" if site.float64 else config.dtype
     block, op, framework = site.blocks[0], None, site.framework
     try:
@@ -556,6 +603,10 @@ def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, to
         ops = None
     if _after_step1(site.quantity):  # the first step's tensors agree: the difference lies in what follows
         op = "init" if site.quantity == "init" else "optimizer"
+        if site.float64 and op == "optimizer":
+            framework = " and ".join(alone(op)) or None
+    elif site.float64 and site.quantity == "loss" and (wrong := alone("loss")):
+        op, framework = "(loss) (loss)", " and ".join(wrong)
     elif ops is not None and dtype in ops.UNIT_ROUNDOFF:
         for candidate in site.blocks:
             if candidate == INPUT:
@@ -606,5 +657,8 @@ def run_anchored(config: Config, *, jax_patch: Callable = contextlib.nullcontext
     rows = judge(jax_runs, torch_runs, config) + init_rows(config, jax_patch, torch_patch)
     amp = amplification(jax_runs, torch_runs, inputs.x, config.rounding)
     site = first_site(rows, amp)
-    divergence = None if site is None else localise(site, config, inputs, jax_patch, torch_patch)
+    runs = {V.JAX: jax_runs, V.TORCH: torch_runs}
+    weights = {V.JAX: jax_inputs.weights, V.TORCH: inputs.weights}
+    divergence = None if site is None else localise(site, config, inputs, jax_patch, torch_patch,
+                                                    lambda op: judged_alone(runs, weights, inputs.target, op))
     return AnchoredReport(config, rows, overall(rows, divergence), divergence, amp)

@@ -94,7 +94,8 @@ def _trace(rng, noise=0.0, grad_noise=0.0):
                    input_grad=jitter(arr(1, 1, 4, 4, 4, seed=11), grad_noise),
                    grads={k: jitter(v, grad_noise) for k, v in grads.items()},
                    batch_stats={k: jitter(v, noise) for k, v in stats.items()},
-                   trained={k: jitter(v, noise) for k, v in trained.items()}, losses=[0.5, 0.4])
+                   trained={k: jitter(v, noise) for k, v in trained.items()}, losses=[0.5, 0.4],
+                   stepped={k: v + 1 for k, v in grads.items()})
 
 
 CONFIG = A.Config(width=8, grid=8, batch=1, joints=2, steps=2)
@@ -171,3 +172,34 @@ def test_init_scores_against_the_authors_distribution():
                        ("c.weight", good["c.weight"] + 1e-4), ("bn.weight", np.ones(64)),
                        ("c.bias", np.full(32, 1e-9)), ("bn.running_var", np.zeros(64))):
         assert A.init_scores({**good, key: wrong})[key] > A.INIT_Z, key
+
+
+def test_the_optimizer_is_judged_against_numpy_rmsprop():
+    """Each framework's first step against RMSprop's in NumPy on its own gradients: a step with torch's alpha
+    and eps passes, the same step with alpha 0.9 (Keras's rho) is named, in its framework only."""
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.normal(0, 1e-3, 1000), "b": rng.uniform(0, 1, 10)}
+    grads = {"w": rng.normal(0, 3e-7, 1000), "b": rng.normal(0, 1e-5, 10)}
+    right = {k: weights[k] - A.LR * g / (np.sqrt(g * g / 100) + 1e-8) for k, g in grads.items()}
+    wrong = {k: weights[k] - A.LR * g / (np.sqrt(g * g / 10) + 1e-8) for k, g in grads.items()}
+
+    def runs(stepped):
+        return {"float64": dataclasses.replace(_trace(rng), grads=grads, stepped=stepped)}
+
+    both, target = {V.JAX: weights, V.TORCH: weights}, np.zeros(1)
+    assert A.judged_alone({V.JAX: runs(right), V.TORCH: runs(right)}, both, target, "optimizer") == []
+    assert A.judged_alone({V.JAX: runs(right), V.TORCH: runs(wrong)}, both, target, "optimizer") == [V.TORCH]
+
+
+def test_a_loss_that_disagrees_on_an_output_that_agrees_is_the_loss():
+    """The loss summed over the joints instead of averaged: the output agrees, the loss is J times the MSE."""
+    rng = np.random.default_rng(0)
+    right = _trace(rng)
+    target = np.zeros_like(right.acts[A.OUTPUT])
+    right = dataclasses.replace(right, loss=float(np.mean(np.square(right.acts[A.OUTPUT]))))
+    summed = dataclasses.replace(right, loss=2 * right.loss)  # 2 joints
+    jax_runs, torch_runs = {"float64": right, "low": right}, {"float64": summed, "low": summed}
+    rows = A.judge(jax_runs, torch_runs, CONFIG)
+    assert [r.quantity for r in rows if not r.float64_ok] == ["loss"]
+    assert A.first_site(rows, {}) == A.Site((A.OUTPUT,), "loss", None, True)
+    assert A.judged_alone({V.JAX: jax_runs, V.TORCH: torch_runs}, {}, target, "loss") == [V.TORCH]
