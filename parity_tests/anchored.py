@@ -9,7 +9,10 @@ against the float64 truth (the rule: parity_tests/verdict.py).
 The design. Four runs: JAX and PyTorch, each in float64 and in `config.dtype`. (a) The two float64 runs must agree
 to float64 rounding on every tensor; a disagreement is a bug in one of them (present in its low-precision run too),
 found at the first block whose float64 output disagrees while its inputs agree, and attributed to a framework by
-the op-level localiser (`parity_tests/ops.py`, which judges each op against NumPy float64). (b) Each framework's
+the op-level localiser (`parity_tests/ops.py`, which judges each op against NumPy float64); what no block
+holds is judged alone in each framework's float64 run: the parameters as loaded against the weights given, the
+loss against NumPy's MSE of the framework's own output, the first RMSprop step against NumPy's on the framework's
+own gradients. (b) Each framework's
 low-precision run is measured against its own float64 run, so it sees its own rounding only, and the two rounding
 errors are compared by the calibrated rule: a bug that shows in low precision only (a one-pass variance, a
 bfloat16 accumulation) makes its framework's error exceed the other's.
@@ -147,6 +150,7 @@ class Trace:
     trained: dict[str, np.ndarray]  # state_dict after config.steps steps
     losses: list[float]
     stepped: dict[str, np.ndarray]  # parameter key -> its value after the first step
+    loaded: dict[str, np.ndarray]  # parameter key -> its value as loaded, before any step
 
 
 def _numpy(t) -> np.ndarray:
@@ -182,6 +186,8 @@ def torch_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) 
         model = tmodel.V2VModel(1, config.joints, config.width)
         model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in inputs.weights.items()})
         model = model.to(device=device, dtype=param_dtype, memory_format=memory_format).train()
+        # copies: a float64 parameter's array is its storage, which the steps update in place
+        loaded = {k: _numpy(p).copy() for k, p in model.named_parameters()}
         optimizer = torch_optimizer(model.parameters(), "rmsprop", LR)
         target = torch.as_tensor(inputs.target, dtype=param_dtype, device=device)
         losses, first = [], None
@@ -201,10 +207,9 @@ def torch_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) 
             optimizer.step()
             losses.append(loss.item())
             if step == 0:
-                # copies: a float64 parameter's array is its storage, which the next steps update in place
                 first["stepped"] = {k: _numpy(p).copy() for k, p in model.named_parameters()}
         trained = {k: _numpy(v) for k, v in model.state_dict().items()}
-    return Trace(**first, trained=trained, losses=losses)
+    return Trace(**first, trained=trained, losses=losses, loaded=loaded)
 
 
 def jax_loss(y: jax.Array, target: jax.Array) -> jax.Array:
@@ -248,6 +253,7 @@ def jax_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) ->
         convert.load_torch_state_dict(model, {k: torch.from_numpy(np.array(v)) for k, v in inputs.weights.items()},
                                       source="reference weights")
         model.train()
+        loaded = {k: _numpy(v) for k, v in convert.torch_state_dict(model).items() if not _is_stat(k)}
         optimizer = nnx.Optimizer(model, jax_optimizer("rmsprop", LR), wrt=nnx.Param)
         step = nnx.jit(_jax_step) if fresh else _SHARED_STEP
         x, target = (jnp.asarray(to_jax_layout(a), param) for a in (inputs.x, inputs.target))
@@ -266,7 +272,7 @@ def jax_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) ->
                              batch_stats=_batch_stats(state),
                              stepped={k: _numpy(v) for k, v in state.items() if not _is_stat(k)})
         trained = {k: _numpy(v) for k, v in convert.torch_state_dict(model).items()}
-    return Trace(**first, trained=trained, losses=losses)
+    return Trace(**first, trained=trained, losses=losses, loaded=loaded)
 
 
 TRACERS = {V.JAX: jax_trace, V.TORCH: torch_trace}
@@ -562,7 +568,8 @@ def rmsprop_first_step(weights: Mapping[str, np.ndarray], grads: Mapping[str, np
             for k, g in grads.items()}
 
 
-# The bound on a float64 result judged alone against NumPy. The optimizer's first step is a handful of float64
+# The bound on a float64 result judged alone against NumPy. The parameters as loaded are the given float32
+# values, transposed at most: exact. The optimizer's first step is a handful of float64
 # operations per entry, each rounding by u64 relative: a correct one agrees with rmsprop_first_step to ~10 u64
 # (RMSprop's step, ~10 lr = 2.5e-3, and the init are unrelated, so ||p1|| is not much below their sum). The loss
 # sums K squares: (1 + log2 K) u64 (Higham 2002, section 4.2), 20 u64 at K = 2 * 21 * 16^3. The bugs of the
@@ -587,6 +594,31 @@ def judged_alone(runs: Mapping[str, Mapping[str, Trace]], weights: Mapping[str, 
         if not V.errors(np.concatenate(got), np.concatenate(want)).rel_fro <= ALONE_BOUND:
             bad.append(fw)
     return bad
+
+
+def _layer_kind(config: Config, layer: str) -> str:
+    """The op kind of a parameterised layer (a torch key without its last part), from a shapes-only torch V2V."""
+    with torch.device("meta"):
+        module = tmodel.V2VModel(1, config.joints, config.width).get_submodule(layer)
+    return {torch.nn.ConvTranspose3d: "upsample", torch.nn.Conv3d: "conv",
+            torch.nn.BatchNorm3d: "BN normalise"}[type(module)]
+
+
+def misloaded(runs: Mapping[str, Mapping[str, Trace]], weights: Mapping[str, Mapping[str, np.ndarray]],
+              config: Config) -> Divergence | None:
+    """The first parameter, in state_dict order, that a framework's float64 model does not hold as it was given
+    (a converter's or a loader's bug, there before anything is computed), as a divergence; None if all hold."""
+    for key in runs[V.TORCH]["float64"].loaded:
+        bad = [fw for fw, by_dtype in runs.items()
+               if not V.errors(by_dtype["float64"].loaded[key], weights[fw][key]).rel_fro <= ALONE_BOUND]
+        if bad:
+            layer = key.rpartition(".")[0]
+            block = owner_block(layer, list(SOURCES))
+            op = f"{layer if block == OUTPUT else layer.removeprefix(block + '.')} ({_layer_kind(config, layer)})"
+            who = " and ".join(bad)
+            return Divergence(block, op, who, "parameters as loaded",
+                              f"{who} does not hold the weights it was given: first {key}, before any step")
+    return None
 
 
 def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, torch_patch: Callable,
@@ -659,6 +691,6 @@ def run_anchored(config: Config, *, jax_patch: Callable = contextlib.nullcontext
     site = first_site(rows, amp)
     runs = {V.JAX: jax_runs, V.TORCH: torch_runs}
     weights = {V.JAX: jax_inputs.weights, V.TORCH: inputs.weights}
-    divergence = None if site is None else localise(site, config, inputs, jax_patch, torch_patch,
-                                                    lambda op: judged_alone(runs, weights, inputs.target, op))
+    divergence = None if site is None else misloaded(runs, weights, config) or localise(
+        site, config, inputs, jax_patch, torch_patch, lambda op: judged_alone(runs, weights, inputs.target, op))
     return AnchoredReport(config, rows, overall(rows, divergence), divergence, amp)

@@ -95,7 +95,7 @@ def _trace(rng, noise=0.0, grad_noise=0.0):
                    grads={k: jitter(v, grad_noise) for k, v in grads.items()},
                    batch_stats={k: jitter(v, noise) for k, v in stats.items()},
                    trained={k: jitter(v, noise) for k, v in trained.items()}, losses=[0.5, 0.4],
-                   stepped={k: v + 1 for k, v in grads.items()})
+                   stepped={k: v + 1 for k, v in grads.items()}, loaded=dict(grads))
 
 
 CONFIG = A.Config(width=8, grid=8, batch=1, joints=2, steps=2)
