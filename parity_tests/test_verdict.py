@@ -203,3 +203,16 @@ def test_a_loss_that_disagrees_on_an_output_that_agrees_is_the_loss():
     assert [r.quantity for r in rows if not r.float64_ok] == ["loss"]
     assert A.first_site(rows, {}) == A.Site((A.OUTPUT,), "loss", None, True)
     assert A.judged_alone({V.JAX: jax_runs, V.TORCH: torch_runs}, {}, target, "loss") == [V.TORCH]
+
+
+def test_a_parameter_loaded_wrongly_is_the_first_divergence():
+    """A converter that rounds one kernel through float16 (relative 2.4e-4): named at its layer, before the run."""
+    rng = np.random.default_rng(0)
+    right = _trace(rng)
+    key = "front_layers.0.block.0.weight"
+    wrong = dataclasses.replace(right, loaded={**right.loaded, key: right.loaded[key].astype(np.float16)})
+    given = {fw: right.loaded for fw in (V.JAX, V.TORCH)}
+    runs = {V.JAX: {"float64": wrong}, V.TORCH: {"float64": right}}
+    assert A.misloaded({V.JAX: {"float64": right}, V.TORCH: {"float64": right}}, given, CONFIG) is None
+    found = A.misloaded(runs, given, CONFIG)
+    assert (found.block, found.op, found.framework) == ("front_layers.0", "block.0 (conv)", V.JAX)
