@@ -6,16 +6,17 @@ against the float64 truth (the rule: parity_tests/verdict.py).
     report.first_divergence    # block, op, framework, words (None when nothing deviates)
     report.rows                # one TensorRow per compared tensor
 
-The design. Four runs: JAX and PyTorch, each in float64 and in `config.dtype`. (a) The two float64 runs must agree
-to float64 rounding on every tensor; a disagreement is a bug in one of them (present in its low-precision run too),
-found at the first block whose float64 output disagrees while its inputs agree, and attributed to a framework by
-the op-level localiser (`parity_tests/ops.py`, which judges each op against NumPy float64); what no block
-holds is judged alone in each framework's float64 run: the parameters as loaded against the weights given, the
-loss against NumPy's MSE of the framework's own output, the first RMSprop step against NumPy's on the framework's
-own gradients. (b) Each framework's
-low-precision run is measured against its own float64 run, so it sees its own rounding only, and the two rounding
-errors are compared by the calibrated rule: a bug that shows in low precision only (a one-pass variance, a
-bfloat16 accumulation) makes its framework's error exceed the other's.
+The design. Six runs: JAX and PyTorch, each in float64, in `config.dtype`, and in float64 on the decisions (ReLU
+masks, max-pool winners) of its `config.dtype` run, the truth that run is measured against
+(parity_tests/decisions.py). (a) The two float64 runs must agree to float64 rounding on every tensor; a
+disagreement is a bug in one of them (present in its low-precision run too), found at the first block whose
+float64 output disagrees while its inputs agree, and attributed to a framework by the op-level localiser
+(`parity_tests/ops.py`, which judges each op against NumPy float64); what no block holds is judged alone in each
+framework's float64 run: the parameters as loaded against the weights given, the loss against NumPy's MSE of the
+framework's own output, the first RMSprop step against NumPy's on the framework's own gradients. (b) Each
+framework's low-precision run is measured against its own aligned float64 run, so it sees its own rounding only,
+and the two rounding errors are compared by the calibrated rule: a bug that shows in low precision only (a
+one-pass variance, a bfloat16 accumulation) makes its framework's error exceed the other's.
 
 Planted bugs: `run_anchored(config, jax_patch=f, torch_patch=g)` enters `f()` around everything JAX does (building
 the model, loading the weights, running, reading the results back) and `g()` around everything PyTorch does. The
@@ -39,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from flax import nnx
 
+from parity_tests import decisions as D
 from parity_tests import verdict as V
 from parity_tests.compare import INPUT, OUTPUT, owner_block, to_jax_layout, to_torch_layout
 from v2v_jax import convert
@@ -151,12 +153,21 @@ class Trace:
     losses: list[float]
     stepped: dict[str, np.ndarray]  # parameter key -> its value after the first step
     loaded: dict[str, np.ndarray]  # parameter key -> its value as loaded, before any step
+    decisions: list[dict[str, np.ndarray]]  # per step: each ReLU's and pool's input (parity_tests/decisions.py)
 
 
 def _numpy(t) -> np.ndarray:
     if isinstance(t, torch.Tensor):
         return t.detach().cpu().to(torch.float64).numpy()
     return np.asarray(t, np.float64)
+
+
+def _host(t) -> np.ndarray:
+    """A decision's input on the host in float32, or float64 when it was computed in float64 (bfloat16 and
+    float32 values are exact in float32)."""
+    if isinstance(t, torch.Tensor):
+        return t.detach().cpu().to(torch.float64 if t.dtype == torch.float64 else torch.float32).numpy()
+    return np.asarray(t, np.float64 if t.dtype == np.float64 else np.float32)
 
 
 def _is_stat(key: str) -> bool:
@@ -172,9 +183,10 @@ def torch_loss(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.mse_loss(y, target.to(y.dtype))
 
 
-def torch_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) -> Trace:
+def torch_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True, imposed: list | None = None) -> Trace:
     """`config.steps` RMSprop steps of the PyTorch V2V in `dtype` (bfloat16: autocast on float32 parameters);
-    `fresh` is JAX's concern (eager PyTorch runs whatever code is current)."""
+    `fresh` is JAX's concern (eager PyTorch runs whatever code is current). `imposed`: per step, the ReLU and pool
+    decisions to take (parity_tests/decisions.py)."""
     device = torch.device("cuda" if config.device == "gpu" else "cpu")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device gpu: torch sees no CUDA device")
@@ -190,14 +202,15 @@ def torch_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) 
         loaded = {k: _numpy(p).copy() for k, p in model.named_parameters()}
         optimizer = torch_optimizer(model.parameters(), "rmsprop", LR)
         target = torch.as_tensor(inputs.target, dtype=param_dtype, device=device)
-        losses, first = [], None
+        losses, first, decided = [], None, []
         for step in range(config.steps):
             x = torch.as_tensor(inputs.x, dtype=param_dtype, device=device).contiguous(memory_format=memory_format)
             x.requires_grad_(step == 0)
             optimizer.zero_grad(set_to_none=True)
-            with autocast():
+            with autocast(), D.torch_hooks(None if imposed is None else imposed[step]) as seen:
                 y, taps = tmodel.forward_with_intermediates(model, x)
                 loss = torch_loss(y, target)
+            decided.append({k: _host(v) for k, v in seen.items()})
             loss.backward()
             if step == 0:
                 first = dict(acts={**{k: _numpy(v) for k, v in taps.items()}, OUTPUT: _numpy(y)}, loss=loss.item(),
@@ -209,7 +222,7 @@ def torch_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) 
             if step == 0:
                 first["stepped"] = {k: _numpy(p).copy() for k, p in model.named_parameters()}
         trained = {k: _numpy(v) for k, v in model.state_dict().items()}
-    return Trace(**first, trained=trained, losses=losses, loaded=loaded)
+    return Trace(**first, trained=trained, losses=losses, loaded=loaded, decisions=decided)
 
 
 def jax_loss(y: jax.Array, target: jax.Array) -> jax.Array:
@@ -218,15 +231,15 @@ def jax_loss(y: jax.Array, target: jax.Array) -> jax.Array:
     return jnp.mean(jnp.square(y - target.astype(y.dtype)))
 
 
-def _jax_step(model, optimizer, x, target):
+def _jax_step(model, optimizer, x, target, imposed):
     def loss_fn(model, x):
-        with jmodel.record_intermediates() as taps:
+        with jmodel.record_intermediates() as taps, D.jax_hooks(imposed) as seen:
             y = model(x)
-        return jax_loss(y, target), (y, dict(taps))
+        return jax_loss(y, target), (y, dict(taps), dict(seen))
 
-    (loss, (y, taps)), (g_model, g_x) = nnx.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(model, x)
+    (loss, (y, taps, seen)), (g_model, g_x) = nnx.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(model, x)
     optimizer.update(model, g_model)
-    return loss, y, taps, g_model, g_x
+    return loss, y, taps, seen, g_model, g_x
 
 
 def _jax_device(kind: str):
@@ -239,10 +252,11 @@ def _jax_device(kind: str):
 _SHARED_STEP = nnx.jit(_jax_step)  # for unpatched runs: compiled once per shape and precision
 
 
-def jax_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) -> Trace:
+def jax_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True, imposed: list | None = None) -> Trace:
     """`config.steps` RMSprop steps of the Flax V2V in `dtype` (bfloat16 computes on float32 parameters).
 
     fresh: trace and compile a new step function, so that code patched now is what runs (not a cached trace).
+    imposed: per step, the ReLU and pool decisions to take, torch layout (parity_tests/decisions.py).
     """
     x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
     precision = "default" if config.tf32 else "highest"
@@ -257,10 +271,12 @@ def jax_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) ->
         optimizer = nnx.Optimizer(model, jax_optimizer("rmsprop", LR), wrt=nnx.Param)
         step = nnx.jit(_jax_step) if fresh else _SHARED_STEP
         x, target = (jnp.asarray(to_jax_layout(a), param) for a in (inputs.x, inputs.target))
-        losses, first = [], None
+        losses, first, decided = [], None, []
         for i in range(config.steps):
-            loss, y, taps, g_model, g_x = step(model, optimizer, x, target)
+            decide_on = None if imposed is None else {k: to_jax_layout(v) for k, v in imposed[i].items()}
+            loss, y, taps, seen, g_model, g_x = step(model, optimizer, x, target, decide_on)
             losses.append(float(loss))
+            decided.append({k: _host(to_torch_layout(v)) for k, v in seen.items()})
             if i == 0:
                 grad_model = nnx.clone(model)
                 nnx.update(grad_model, g_model)
@@ -272,29 +288,36 @@ def jax_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True) ->
                              batch_stats=_batch_stats(state),
                              stepped={k: _numpy(v) for k, v in state.items() if not _is_stat(k)})
         trained = {k: _numpy(v) for k, v in convert.torch_state_dict(model).items()}
-    return Trace(**first, trained=trained, losses=losses, loaded=loaded)
+    return Trace(**first, trained=trained, losses=losses, loaded=loaded, decisions=decided)
 
 
 TRACERS = {V.JAX: jax_trace, V.TORCH: torch_trace}
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_trace(framework: str, config: Config, dtype: str) -> Trace:
-    return TRACERS[framework](config, make_inputs(config), dtype, fresh=False)
+def _runs(framework: str, config: Config, inputs: Inputs, fresh: bool) -> dict[str, Trace]:
+    """float64, the low precision, and float64 on the low precision's decisions ('aligned': the truth of the
+    low-precision run, parity_tests/decisions.py)."""
+    run = functools.partial(TRACERS[framework], config, inputs, fresh=fresh)
+    runs = {"float64": run("float64")}
+    if config.dtype == "float64":
+        return dict(runs, low=runs["float64"], aligned=runs["float64"])
+    runs["low"] = run(config.dtype)
+    runs["aligned"] = run("float64", imposed=runs["low"].decisions)
+    return runs
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_runs(framework: str, config: Config) -> dict[str, Trace]:
+    return _runs(framework, config, make_inputs(config), fresh=False)
 
 
 def traces(framework: str, config: Config, patch: Callable, inputs: Inputs | None) -> dict[str, Trace]:
-    """{'float64': ..., 'low': ...} of one framework; cached when unpatched and on the reference weights."""
-    dtypes = {"float64": "float64", "low": config.dtype}
+    """{'float64', 'low', 'aligned'} runs of one framework; cached when unpatched and on the reference weights."""
     unpatched = patch is contextlib.nullcontext
     if unpatched and inputs is None:
-        return {name: _cached_trace(framework, config, d) for name, d in dtypes.items()}
-    inputs = inputs or make_inputs(config)
+        return _cached_runs(framework, config)
     with patch():
-        run = functools.partial(TRACERS[framework], config, inputs, fresh=not unpatched)
-        runs = {"float64": run("float64")}
-        runs["low"] = runs["float64"] if config.dtype == "float64" else run(config.dtype)
-    return runs
+        return _runs(framework, config, inputs or make_inputs(config), fresh=not unpatched)
 
 
 # ------------------------------------------------------------------------------------------------- tensors
@@ -374,6 +397,7 @@ class AnchoredReport:
     overall: str
     first_divergence: Divergence | None
     amplification: dict[str, dict[str, float]]  # block -> {framework: output error / input error}
+    flips: dict[str, D.Flips]  # framework -> how its first step's decisions differ from float64's
 
     @property
     def deviates(self) -> bool:
@@ -384,14 +408,16 @@ DISAGREE = "float64 runs disagree"
 
 
 def judge(jax_runs: dict[str, Trace], torch_runs: dict[str, Trace], config: Config) -> list[TensorRow]:
-    j64, jlow = tensors(jax_runs["float64"], config.steps), tensors(jax_runs["low"], config.steps)
-    t64, tlow = tensors(torch_runs["float64"], config.steps), tensors(torch_runs["low"], config.steps)
+    """Each low-precision run against its aligned float64 truth; the plain float64 runs against each other."""
+    j64, t64 = (tensors(runs["float64"], config.steps) for runs in (jax_runs, torch_runs))
+    (jlow, jtrue), (tlow, ttrue) = ((tensors(runs["low"], config.steps), tensors(runs["aligned"], config.steps))
+                                    for runs in (jax_runs, torch_runs))
     if set(j64) != set(t64):
         missing = sorted(set(j64) ^ set(t64))[:5]
         raise ValueError(f"the frameworks record different tensors, e.g. {missing}")
     rows = []
     for key in t64:
-        ej, et, e64 = V.errors(jlow[key], j64[key]), V.errors(tlow[key], t64[key]), V.errors(j64[key], t64[key])
+        ej, et, e64 = V.errors(jlow[key], jtrue[key]), V.errors(tlow[key], ttrue[key]), V.errors(j64[key], t64[key])
         ok64 = all(e64[m] <= V.float64_bound(ej, et, config.dtype, m) for m in V.METRICS)
         rule = V.TRAINING_RULE if _after_step1(key[1]) else V.RULE
         verdict = V.rounding_verdict(ej, et, config.rounding, rule) if ok64 else DISAGREE
@@ -485,13 +511,13 @@ def block_input(acts: Mapping[str, np.ndarray], x: np.ndarray, block: str) -> np
 
 def amplification(jax_runs, torch_runs, x: np.ndarray, dtype: str) -> dict[str, dict[str, float]]:
     """Per block and framework: the low-precision error of its output over that of its input (relative
-    Frobenius, each against the framework's own float64 run; the input error floored at u)."""
+    Frobenius, each against the framework's own aligned float64 run; the input error floored at u)."""
     u = V.unit_roundoff(dtype)
     out = {}
     for block in SOURCES:
         out[block] = {}
         for name, runs in ((V.JAX, jax_runs), (V.TORCH, torch_runs)):
-            low, ref = runs["low"].acts, runs["float64"].acts
+            low, ref = runs["low"].acts, runs["aligned"].acts
             e_in = V.errors(block_input(low, x, block), block_input(ref, x, block)).rel_fro
             out[block][name] = V.errors(low[block], ref[block]).rel_fro / max(e_in, u)
     return out
@@ -513,6 +539,11 @@ CONSUMERS = {b: tuple(c for c, srcs in SOURCES.items() if b in srcs) for b in (I
 # The largest amplification ratio (either way) of unmodified code is 1.17 (docs/parity.md, "Calibration");
 # 4 leaves room for the sizes not measured.
 AMPLIFICATION_MULTIPLIER = 4.0
+
+
+# A decision the low precision takes otherwise than float64 lies within FLIP_BOUND RMS errors of its boundary
+# on unmodified code (docs/parity.md, "Decisions").
+FLIP_BOUND = 16.0
 
 
 def first_site(rows: list[TensorRow], amp: dict[str, dict[str, float]]) -> Site | None:
@@ -661,8 +692,9 @@ def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, to
     return Divergence(block, op, framework, site.quantity, words)
 
 
-def overall(rows: list[TensorRow], divergence: Divergence | None) -> str:
+def overall(rows: list[TensorRow], divergence: Divergence | None, flips: Mapping[str, D.Flips] = {}) -> str:
     frameworks = {r.verdict.removesuffix(" deviates") for r in rows if r.verdict not in (V.WITHIN, DISAGREE)}
+    frameworks |= {fw for fw, f in flips.items() if f.worst > FLIP_BOUND}
     if any(r.verdict == DISAGREE for r in rows):
         frameworks.add(divergence.framework if divergence and divergence.framework else None)
     if not frameworks:
@@ -688,9 +720,11 @@ def run_anchored(config: Config, *, jax_patch: Callable = contextlib.nullcontext
     torch_runs = traces(V.TORCH, config, torch_patch, None if weights is None else inputs)
     rows = judge(jax_runs, torch_runs, config) + init_rows(config, jax_patch, torch_patch)
     amp = amplification(jax_runs, torch_runs, inputs.x, config.rounding)
+    flips = {fw: D.flip_scores(runs["low"].decisions[0], runs["aligned"].decisions[0])
+             for fw, runs in ((V.JAX, jax_runs), (V.TORCH, torch_runs))}
     site = first_site(rows, amp)
     runs = {V.JAX: jax_runs, V.TORCH: torch_runs}
     weights = {V.JAX: jax_inputs.weights, V.TORCH: inputs.weights}
     divergence = None if site is None else misloaded(runs, weights, config) or localise(
         site, config, inputs, jax_patch, torch_patch, lambda op: judged_alone(runs, weights, inputs.target, op))
-    return AnchoredReport(config, rows, overall(rows, divergence), divergence, amp)
+    return AnchoredReport(config, rows, overall(rows, divergence, flips), divergence, amp, flips)

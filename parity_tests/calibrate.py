@@ -26,10 +26,10 @@ from parity_tests.anchored import Config, run_anchored
 def measure(config: Config) -> dict:
     report = run_anchored(config)
     return summarise(vars(config) | {"rounding": config.rounding}, report.rows, report.amplification,
-                     report.overall)
+                     report.overall, {fw: dataclasses.asdict(f) for fw, f in report.flips.items()})
 
 
-def summarise(config: dict, rows, amplification, overall) -> dict:
+def summarise(config: dict, rows, amplification, overall, flips) -> dict:
     """The numbers of one run (rows: TensorRow objects, or their dicts from `report --json`)."""
     u64, u = V.unit_roundoff("float64"), V.unit_roundoff(config["rounding"])
     out = []
@@ -43,7 +43,7 @@ def summarise(config: dict, rows, amplification, overall) -> dict:
                         **{f"ratio_{m}": V.ratio(j, t, m, config["rounding"]) for m in V.METRICS},
                         float64_ratio=f64.rel_fro / expected, verdict=r["verdict"]))
     amp = {b: a[V.JAX] / a[V.TORCH] for b, a in amplification.items()}
-    return dict(config=config, rows=out, amplification_ratio=amp, overall=overall)
+    return dict(config=config, rows=out, amplification_ratio=amp, overall=overall, flips=flips)
 
 
 def from_report(path: Path) -> dict:
@@ -51,7 +51,7 @@ def from_report(path: Path) -> dict:
     data = json.loads(path.read_text())
     config = Config(**data["config"])
     return summarise(data["config"] | {"rounding": config.rounding}, data["rows"], data["amplification"],
-                     data["overall"])
+                     data["overall"], data["flips"])
 
 
 def group(quantity: str) -> str:
@@ -86,6 +86,11 @@ def summary(runs: list[dict]) -> str:
                for run in runs for r in run["rows"] if r["quantity"] != "init"]
     lines.append(f"float64 disagreement / its bound (verdict.float64_bound, relative Frobenius): max "
                  f"{max(margins):.2e}")
+    flips = [f for run in runs for f in run["flips"].values()]
+    lines.append(f"decisions taken otherwise than float64 (parity_tests/decisions.py): "
+                 f"{sum(f['flipped'] for f in flips)} of {sum(f['decisions'] for f in flips)} over {len(runs)} runs "
+                 f"and both frameworks; the farthest lies {max(float(f['worst']) for f in flips):.2f} RMS errors of "
+                 f"its input from its boundary")
     return "\n".join(lines)
 
 

@@ -31,7 +31,7 @@ import torch
 from flax import nnx
 
 from parity_tests import verdict as V
-from parity_tests.anchored import AnchoredReport, Config, TensorRow, run_anchored
+from parity_tests.anchored import FLIP_BOUND, AnchoredReport, Config, TensorRow, run_anchored
 from v2v_jax import convert
 from v2v_jax.dtypes import PRECISIONS
 from v2v_jax.formulations import CONV_IMPLS, UPSAMPLE_IMPLS
@@ -189,6 +189,17 @@ _AFTER_STEPS = ("measured on unmodified code too (docs/parity.md, Calibration): 
 KNOWN = {"parameters": _AFTER_STEPS, "BN running variance": _AFTER_STEPS, "losses": _AFTER_STEPS}
 
 
+def decision_line(framework: str, flips) -> str:
+    """How many of a framework's ReLU and pool decisions rounding took the other way than float64, and whether
+    the farthest of them lies within rounding of its boundary."""
+    if not flips.flipped:
+        return f"decisions: {framework} took all {flips.decisions} ReLU and pool decisions as float64 does"
+    within = "within" if flips.worst <= FLIP_BOUND else "BEYOND"
+    return (f"decisions: {framework} took {flips.flipped} of {flips.decisions} ReLU and pool decisions otherwise "
+            f"than float64; the farthest ({flips.worst_key}) lies {flips.worst:.2g} RMS errors of its input from "
+            f"its boundary, {within} the bound {FLIP_BOUND:g}")
+
+
 def header(report: AnchoredReport) -> str:
     c = report.config
     torch_device = torch.cuda.get_device_name() if c.device == "gpu" else platform.processor() or "cpu"
@@ -199,9 +210,10 @@ def header(report: AnchoredReport) -> str:
             f"{'on' if c.cudnn else 'off'}, grid {c.grid}^3, width {c.width}, batch {c.batch}, joints {c.joints}, "
             f"{c.steps} RMSprop steps, density {c.density}, conv {c.conv}, upsample {c.upsample}, torch memory "
             f"format {'channels_last_3d' if c.channels_last else 'contiguous'}, seed {c.seed}\n\n"
-            f"Errors: relative Frobenius norm against the framework's own float64 run; float64 diff: JAX float64 "
-            f"against PyTorch float64. Rule: err <= {V.RULE.multiplier:g} x the other's + {V.RULE.floor:g} u "
-            f"in the first step, {V.TRAINING_RULE.multiplier:g} x after it (parity_tests/verdict.py).\n")
+            f"Errors: relative Frobenius norm against the framework's own float64 run on the same ReLU and pool "
+            f"decisions (parity_tests/decisions.py); float64 diff: JAX float64 against PyTorch float64. Rule: err "
+            f"<= {V.RULE.multiplier:g} x the other's + {V.RULE.floor:g} u in the first step, "
+            f"{V.TRAINING_RULE.multiplier:g} x after it (parity_tests/verdict.py).\n")
 
 
 def render(report: AnchoredReport, seconds: dict[str, float]) -> str:
@@ -211,6 +223,7 @@ def render(report: AnchoredReport, seconds: dict[str, float]) -> str:
     lines = [header(report), format_table(report), "",
              f"verdict: {report.overall} ({', '.join(f'{n} {v}' for v, n in counts.items())} of "
              f"{len(report.rows)} tensors)"]
+    lines += [decision_line(fw, f) for fw, f in report.flips.items()]
     if report.first_divergence is not None:
         lines.append(f"first divergence: {report.first_divergence.words}")
     lines += [f"note: {t}" for t in tendencies(report)]
@@ -226,7 +239,8 @@ def to_json(report: AnchoredReport, seconds: dict[str, float]) -> dict:
             dataclasses.asdict(report.first_divergence),
             "rows": [{k: ({m: clean(x) for m, x in v.items()} if isinstance(v, dict) else clean(v))
                       for k, v in dataclasses.asdict(r).items()} for r in report.rows],
-            "amplification": report.amplification, "seconds": seconds}
+            "amplification": report.amplification, "seconds": seconds,
+            "flips": {fw: dataclasses.asdict(f) for fw, f in report.flips.items()}}
 
 
 def _cpu_seconds() -> float:

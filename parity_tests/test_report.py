@@ -8,6 +8,7 @@ import pytest
 from parity_tests import report as R
 from parity_tests import verdict as V
 from parity_tests.anchored import AnchoredReport, Divergence, first_site, judge
+from parity_tests.decisions import Flips
 from parity_tests.test_verdict import CONFIG, _runs
 
 
@@ -51,13 +52,16 @@ def _report(jax_noise):
     site = first_site(rows, {})
     divergence = None if site is None else Divergence(site.blocks[0], None, site.framework, site.quantity, "words")
     overall = V.WITHIN if site is None else V.deviates(site.framework)
-    return AnchoredReport(CONFIG, rows, overall, divergence, {})
+    flips = {V.JAX: Flips(100, 1, 0.3, "025 relu"), V.TORCH: Flips(100, 0, 0.0, "")}
+    return AnchoredReport(CONFIG, rows, overall, divergence, {}, flips)
 
 
 def test_render_and_json(tmp_path):
     clean, bad = _report(1e-4), _report(1e-2)
     text = R.render(clean, {"wall": 1.0, "cpu": 2.0})
     assert "verdict: both within rounding" in text and "first divergence" not in text
+    assert "JAX took 1 of 100 ReLU and pool decisions otherwise than float64" in text
+    assert "PyTorch took all 100 ReLU and pool decisions as float64 does" in text
     assert "| front_layers.0 | activation | 1 |" in text
     text = R.render(bad, {"wall": 1.0, "cpu": 2.0})
     assert "verdict: JAX deviates" in text and "first divergence: words" in text

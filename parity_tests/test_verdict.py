@@ -95,7 +95,7 @@ def _trace(rng, noise=0.0, grad_noise=0.0):
                    grads={k: jitter(v, grad_noise) for k, v in grads.items()},
                    batch_stats={k: jitter(v, noise) for k, v in stats.items()},
                    trained={k: jitter(v, noise) for k, v in trained.items()}, losses=[0.5, 0.4],
-                   stepped={k: v + 1 for k, v in grads.items()}, loaded=dict(grads))
+                   stepped={k: v + 1 for k, v in grads.items()}, loaded=dict(grads), decisions=[])
 
 
 CONFIG = A.Config(width=8, grid=8, batch=1, joints=2, steps=2)
@@ -103,7 +103,8 @@ CONFIG = A.Config(width=8, grid=8, batch=1, joints=2, steps=2)
 
 def _runs(rng, low_noise, grad_noise=None, f64_noise=0.0):
     grad_noise = low_noise if grad_noise is None else grad_noise
-    return {"float64": _trace(rng, f64_noise, f64_noise), "low": _trace(rng, low_noise, grad_noise)}
+    exact = _trace(rng, f64_noise, f64_noise)
+    return {"float64": exact, "aligned": exact, "low": _trace(rng, low_noise, grad_noise)}
 
 
 def test_judge_says_within_rounding_for_equal_rounding():
@@ -198,7 +199,8 @@ def test_a_loss_that_disagrees_on_an_output_that_agrees_is_the_loss():
     target = np.zeros_like(right.acts[A.OUTPUT])
     right = dataclasses.replace(right, loss=float(np.mean(np.square(right.acts[A.OUTPUT]))))
     summed = dataclasses.replace(right, loss=2 * right.loss)  # 2 joints
-    jax_runs, torch_runs = {"float64": right, "low": right}, {"float64": summed, "low": summed}
+    jax_runs = {"float64": right, "low": right, "aligned": right}
+    torch_runs = {"float64": summed, "low": summed, "aligned": summed}
     rows = A.judge(jax_runs, torch_runs, CONFIG)
     assert [r.quantity for r in rows if not r.float64_ok] == ["loss"]
     assert A.first_site(rows, {}) == A.Site((A.OUTPUT,), "loss", None, True)
