@@ -19,9 +19,19 @@ def check(rows):
     assert first_divergence(rows) is None, format_table(rows)
 
 
-@pytest.mark.parametrize("mode", ["train", "eval"])
-@pytest.mark.parametrize("dtype", [pytest.param("float64", marks=pytest.mark.x64), "float32"])
-@pytest.mark.parametrize("name", list(BLOCKS))
+def _parity_cases():
+    for name in BLOCKS:
+        for dtype in ("float64", "float32"):
+            for mode in ("train", "eval"):
+                marks = [pytest.mark.x64] if dtype == "float64" else []
+                if name == "encoder_decoder" and mode == "train":
+                    # 16-22 s each on CI's 2 cores. The default run still compares the encoder-decoder in train mode
+                    # inside the whole V2V: float64 in test_model.py (width 8), float32 in test_anchored.py.
+                    marks.append(pytest.mark.slow)
+                yield pytest.param(name, dtype, mode, marks=marks, id=f"{name}-{dtype}-{mode}")
+
+
+@pytest.mark.parametrize("name, dtype, mode", list(_parity_cases()))
 def test_block_parity(name, dtype, mode):
     torch_block, jax_block, x = block_pair(name, dtype)
     if mode == "eval":  # running statistics of another batch, so that eval differs from train
