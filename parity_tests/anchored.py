@@ -215,7 +215,8 @@ def torch_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True, 
             if step == 0:
                 first = dict(acts={**{k: _numpy(v) for k, v in taps.items()}, OUTPUT: _numpy(y)}, loss=loss.item(),
                              input_grad=_numpy(x.grad),
-                             grads={k: _numpy(p.grad) for k, p in model.named_parameters()},
+                             grads={k: np.zeros(tuple(p.shape)) if p.grad is None else _numpy(p.grad)
+                                    for k, p in model.named_parameters()},  # None: the loss does not read p
                              batch_stats=_batch_stats(model.state_dict()))
             optimizer.step()
             losses.append(loss.item())
@@ -652,6 +653,17 @@ def misloaded(runs: Mapping[str, Mapping[str, Trace]], weights: Mapping[str, Map
     return None
 
 
+def _op_blocks(blocks) -> list[str]:
+    """The blocks whose ops may hold a site's fault, in execution order: each block of the site, preceded by the
+    encoder-decoder where a skip join feeds it (the joins are the encoder-decoder's own ops, parity_tests/ops.py)."""
+    out = []
+    for block in blocks:
+        for b in (["encoder_decoder"] if len(SOURCES.get(block, ())) > 1 else []) + [block]:
+            if b != INPUT and b not in out:
+                out.append(b)
+    return out
+
+
 def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, torch_patch: Callable,
              alone: Callable[[str], list[str]] = lambda op: []) -> Divergence:
     """The site named in words, with the op from `parity_tests.ops.localise_op` (fed the float64 truth of each
@@ -670,14 +682,13 @@ def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, to
             framework = " and ".join(alone(op)) or None
     elif site.float64 and site.quantity == "loss" and (wrong := alone("loss")):
         op, framework = "(loss) (loss)", " and ".join(wrong)
-    elif ops is not None and dtype in ops.UNIT_ROUNDOFF:
-        for candidate in site.blocks:
-            if candidate == INPUT:
-                continue
+    elif ops is not None and dtype in ops.DTYPES:
+        for candidate in _op_blocks(site.blocks):
             truth = ops.truth_from_torch(inputs.weights, inputs.x, inputs.target, candidate)
             found = ops.localise_op(candidate, inputs.weights, truth.x, truth.cotangent, dtype,
                                     target=inputs.target, jax_patch=jax_patch, torch_patch=torch_patch,
-                                    seed=config.seed, conv=config.conv, upsample=config.upsample)
+                                    seed=config.seed, tf32=config.rounding == "tf32", conv=config.conv,
+                                    upsample=config.upsample)
             if found is not None:
                 block, op, framework = candidate, f"{found.op} ({found.kind})", found.framework
                 break

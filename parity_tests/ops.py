@@ -8,18 +8,20 @@ independent NumPy float64 definition, on the float64 truth of its own inputs.
     found.op, found.kind, found.framework, str(found)              # None when every op is within rounding
 
 Call signature (stable): `localise_op(block, weights, x, cotangent, dtype="float32", *, target=None, train=True,
-jax_patch=contextlib.nullcontext, torch_patch=contextlib.nullcontext, seed=0, **numerics_fields)`; `op_errors`
-takes the same arguments and returns every row.
-- block: a block path as the models label them (`encoder_decoder.encoder_res1`, `front_layers.1`), or
-  `(output)` for the output conv and the loss.
+jax_patch=contextlib.nullcontext, torch_patch=contextlib.nullcontext, seed=0, tf32=False, **numerics_fields)`;
+`op_errors` takes the same arguments and returns every row.
+- block: a leaf block's path as the models label them (`encoder_decoder.encoder_res1`, `front_layers.1`),
+  `encoder_decoder` for its own ops, the two skip joins, or `(output)` for the output conv and the loss.
 - weights: a torch-keyed state_dict (arrays or tensors) of the whole V2V; both frameworks are built from it (JAX
   through `v2v_jax.convert`), inside `jax_patch()` / `torch_patch()` (zero-argument context-manager factories, so
   a planted bug reaches one framework only); the NumPy definitions read it directly.
 - x, cotangent: the float64 truth of the block's input and of the gradient of the loss with respect to its output
   (torch layout); for `(output)`, x is the input of the output conv, the cotangent is ignored (the loss is the end)
   and `target` is required.
-- dtype: "float32" or "float64", the precision both frameworks compute in; numerics_fields go to the JAX model's
-  `Numerics` (e.g. conv="xla").
+- dtype: "float32", "float64" or "bfloat16", the precision both frameworks compute in (bfloat16: JAX on float32
+  parameters, as `v2v_jax.dtypes.PRECISIONS`; PyTorch's block in bfloat16); numerics_fields go to the JAX model's
+  `Numerics` (e.g. conv="xla"). tf32: JAX's float32 convolutions at the default precision, TF32 on a GPU (PyTorch's
+  ops run on the CPU, in float32); otherwise JAX's run at full precision on any device.
 
 Ops and their kinds: conv, upsample (the transposed conv), BN normalise (forward and backward of the batch
 normalisation with its own batch statistics, or with the running ones in eval mode), BN statistics (the running
@@ -28,18 +30,23 @@ mean and variance after the update), ReLU, pool, residual add, loss. Each op get
 definitions, so a bug planted in either framework (present in its float64 run too) cannot move it. The add and
 the final ReLU of a residual block are one function in both frameworks' code (run with the branches replaced by
 the truth): its output entries are judged as the add where the truth is positive and as the ReLU where it is not.
+The encoder-decoder's skip joins (`x + skip_x2`, `x + skip_x1`, kind residual add) run in each framework's
+`EncoderDecoder` code with its sub-blocks replaced; the truth of the sub-block outputs they add, and of the
+cotangent of the inner join's output, comes from an unpatched float64 PyTorch encoder-decoder.
 
-The rounding band of one row (see `band`): rounding the op's inputs to the dtype (relative u) moves the exact
+The rounding band of one row (see `band`): rounding the op's inputs to the dtype (relative u, its unit roundoff,
+`verdict.unit_roundoff`; TF32's for the convolutions under tf32) moves the exact
 result by e_in, measured by the NumPy definition on inputs, parameters and cotangent multiplied by
 (1 + u N(0, 1)); the op's own reduction of K terms adds the rounding of its partial sums, which blocked and
 pairwise summation (BLAS microkernels, both frameworks' reductions) bound by log2(K) u times the sum of the
 magnitudes (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., section 4.2). So
 band = C (1 + log2 K) max(e_in, u) per metric, K the op's reduction length (conv: I k^3 forward, O k^3 input
 cotangent, N D H W kernel cotangent; upsample: I, 8 O, N D H W; BN and its statistics: N D H W; the loss: all of
-its elements; 1 for ReLU, pool and add), and C = BAND_FACTORS[kind], per metric, four times the largest
-err / ((1 + log2 K) max(e_in, u)) measured on unmodified code (docs/parity.md, "Op-level localisation"). The
-measured ratio stays below 1.2 in relative Frobenius norm everywhere; the quantile of a convolution's parameter
-cotangents reaches ~8 (a same-signed bias sum, which PyTorch accumulates less accurately than log2 K predicts).
+its elements; 1 for ReLU, pool and add), and C = BAND_FACTORS[rounding][kind], per metric, four times the
+largest err / ((1 + log2 K) max(e_in, u)) measured on unmodified code (docs/parity.md, "Op-level localisation").
+In float32 the measured ratio stays below 1.2 in relative Frobenius norm everywhere; the quantile of a
+convolution's parameter cotangents reaches ~8 (a same-signed bias sum, which PyTorch accumulates less accurately
+than log2 K predicts).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from flax import nnx
 from numpy.lib.stride_tricks import sliding_window_view
 
 from parity_tests import compare
+from parity_tests import verdict as V
 from parity_tests.compare import OUTPUT, to_jax_layout, to_torch_layout
 from v2v_jax import convert
 from v2v_jax import model as jmodel
@@ -71,13 +79,23 @@ from v2v_torch_ref import model as tmodel
 JAX, TORCH = "JAX", "PyTorch"
 KINDS = ("conv", "upsample", "BN normalise", "BN statistics", "ReLU", "pool", "residual add", "loss")
 QUANTILE = 0.999
-UNIT_ROUNDOFF = {"float64": 2.0 ** -53, "float32": 2.0 ** -24}
-# Four times the largest err / ((1 + log2 K) max(e_in, u)) over every row of unmodified code (docs/parity.md,
-# "Op-level localisation": `python -m parity_tests.ops --calibrate`).
-# (relative Frobenius, q99.9) per kind: 4x the largest ratio measured, width 32, grid 16 (seeds 0-2, float32; seeds
-# 0-1, float64) and grid 32 (seed 0, float32), rounded up, at least 2.
-BAND_FACTORS = {"conv": (5.0, 51.0), "upsample": (3.0, 5.0), "BN normalise": (2.0, 4.0), "BN statistics": (4.0, 6.0),
-                "ReLU": (2.0, 2.0), "pool": (2.0, 2.0), "residual add": (3.0, 3.0), "loss": (3.0, 2.0)}
+DTYPES = ("float32", "float64", "bfloat16")
+# The ops whose products TF32 rounds (cuDNN convolutions and cuBLAS matmuls on a GPU, float32 in and out).
+TF32_KINDS = ("conv", "upsample")
+# Four times the largest err / ((1 + log2 K) max(e_in, u)) over every row of unmodified code, rounded up, at least 2
+# (docs/parity.md, "Op-level localisation": `python -m parity_tests.ops --calibrate`), per rounding, then per kind
+# (relative Frobenius, q99.9). float32: width 32, grid 16 (seeds 0-2, float32; seeds 0-1, float64) and grid 32
+# (seed 0, float32); float64 shares them. bfloat16: width 32, grid 16, seeds 0-1. TF32 takes float32's until a GPU
+# run measures its own.
+BAND_FACTORS = {
+    "float32": {"conv": (5.0, 51.0), "upsample": (3.0, 5.0), "BN normalise": (2.0, 4.0),
+                "BN statistics": (4.0, 6.0), "ReLU": (2.0, 2.0), "pool": (2.0, 2.0), "residual add": (3.0, 3.0),
+                "loss": (3.0, 2.0)},
+    "bfloat16": {"conv": (2.0, 2.0), "upsample": (2.0, 2.0), "BN normalise": (2.0, 2.0),
+                 "BN statistics": (2.0, 2.0), "ReLU": (2.0, 2.0), "pool": (5.0, 2.0), "residual add": (5.0, 3.0),
+                 "loss": (3.0, 3.0)},
+}
+FACTORS_OF = {"float64": "float32", "tf32": "float32"}  # roundings without factors of their own
 
 # What a user should know when JAX's float32 gradients are further from float64 than PyTorch's (docs/parity.md,
 # "The float32 gradient gap").
@@ -238,7 +256,7 @@ class Node:
     `inputs` the names of the values it reads ('x' the block's input, else an earlier node's name)."""
 
     name: str
-    kind: str  # conv, upsample, bn, relu, pool, residual, loss
+    kind: str  # conv, upsample, bn, relu, pool, residual, join (the encoder-decoder's skip add), loss
     inputs: tuple[str, ...]
     path: str | None = None
 
@@ -255,10 +273,18 @@ def _res_nodes(conv_skip: bool) -> list[Node]:
     return nodes + [Node("(add, ReLU)", "residual", ("res_branch.4", "skip_con.1" if conv_skip else "x"))]
 
 
+# The encoder-decoder's own ops: its two skip joins (EncoderDecoder.forward, v2v_torch_ref/model.py), in execution
+# order; their inputs are the outputs of its sub-blocks.
+JOINS = (Node("(x + skip_x2)", "join", ("decoder_upsample2", "skip_res2")),
+         Node("(x + skip_x1)", "join", ("decoder_upsample1", "skip_res1")))
+
+
 def block_nodes(torch_block: torch.nn.Module | None, block: str) -> list[Node]:
     """The ops of a block in execution order (from the type of the torch block; None for `(output)`)."""
     if block == OUTPUT:
         return [Node("output_layer", "conv", ("x",), ""), Node("(loss)", "loss", ("output_layer",))]
+    if isinstance(torch_block, tmodel.EncoderDecoder):
+        return list(JOINS)
     if isinstance(torch_block, tmodel.Res3DBlock):
         return _res_nodes(len(torch_block.skip_con) > 0)
     if isinstance(torch_block, (tmodel.Basic3DBlock, tmodel.Upsample3DBlock)):
@@ -267,8 +293,8 @@ def block_nodes(torch_block: torch.nn.Module | None, block: str) -> list[Node]:
                 Node("block.2", "relu", ("block.1",), "block.2")]
     if isinstance(torch_block, tmodel.Pool3DBlock):
         return [Node("(pool)", "pool", ("x",))]
-    raise ValueError(f"block {block!r}: op-level localisation covers the leaf blocks (Basic, Res, Pool, Upsample) "
-                     f"and {OUTPUT}; localise inside one of the sub-blocks instead")
+    raise ValueError(f"block {block!r}: op-level localisation covers the leaf blocks (Basic, Res, Pool, Upsample), "
+                     f"the encoder-decoder's skip joins and {OUTPUT}; localise inside one of the sub-blocks instead")
 
 
 @dataclasses.dataclass
@@ -311,6 +337,8 @@ def numpy_forward(node: Node, ins: list[np.ndarray], spec: Spec, train: bool, ta
         return {"output": np_max_pool(ins[0], spec.pool)}
     if node.kind == "residual":
         return {"output": np.maximum(ins[0] + ins[1], 0)}
+    if node.kind == "join":
+        return {"output": ins[0] + ins[1]}
     return {"output": np.asarray(np.mean(np.square(ins[0] - target)))}
 
 
@@ -330,6 +358,8 @@ def numpy_vjp(node: Node, ins: list[np.ndarray], spec: Spec, train: bool, target
     elif node.kind == "residual":
         d = g * (ins[0] + ins[1] > 0)
         return [d, d], {}
+    elif node.kind == "join":
+        return [g, g], {}
     else:
         dx, dp = 2 * (ins[0] - target) / ins[0].size * g, {}
     return [dx], dp
@@ -368,6 +398,27 @@ def _torch_glue(fn: Callable, ins, g, dtype) -> OpRun:
                                                  for a, d in zip(ins, grads)], {})
 
 
+def _stand_in(block_module, **parts) -> SimpleNamespace:
+    """The block with some of its parts replaced, to run the block's own code on given values: every other
+    attribute stays (a planted bug's mark, too)."""
+    children = dict(block_module.named_children()) if isinstance(block_module, torch.nn.Module) else {}
+    return SimpleNamespace(**{**vars(block_module), **children, **parts})
+
+
+def _join_parts(block_module, node: Node, a, b, zero) -> dict:
+    """Sub-blocks of the encoder-decoder under which its forward computes the join `node` on (a, b) and nothing
+    else: the join's inputs come from `a` and `b`, a later join adds `zero` (exact), the rest pass values on."""
+    if isinstance(block_module, torch.nn.Module):
+        names = [name for name, _ in block_module.named_children()]
+    else:
+        names = [name for name, value in vars(block_module).items() if isinstance(value, nnx.Module)]
+    parts = {name: (lambda v: v) for name in names}
+    parts.update({node.inputs[0]: lambda _: a, node.inputs[1]: lambda _: b})
+    for later in JOINS[JOINS.index(node) + 1:]:
+        parts[later.inputs[1]] = lambda _: zero
+    return parts
+
+
 def torch_op(node: Node, block_module, ins, g, dtype, train, target) -> OpRun:
     if node.path is not None:
         return _torch_leaf(block_module.get_submodule(node.path), ins, g, dtype, train)
@@ -375,9 +426,14 @@ def torch_op(node: Node, block_module, ins, g, dtype, train, target) -> OpRun:
         return _torch_glue(lambda x: type(block_module).forward(block_module, x), ins, g, dtype)
     if node.kind == "residual":
         def residual(a, b):
-            fake = SimpleNamespace(res_branch=lambda _: a, skip_con=lambda _: b)
-            return type(block_module).forward(fake, a)
+            return type(block_module).forward(_stand_in(block_module, res_branch=lambda _: a,
+                                                        skip_con=lambda _: b), a)
         return _torch_glue(residual, ins, g, dtype)
+    if node.kind == "join":
+        def join(a, b):
+            parts = _join_parts(block_module, node, a, b, torch.zeros_like(a))
+            return type(block_module).forward(_stand_in(block_module, **parts), a)
+        return _torch_glue(join, ins, g, dtype)
     t = torch.tensor(target, dtype=tmodel.DTYPES[dtype])
     return _torch_glue(lambda y: F.mse_loss(y, t), ins, g, dtype)
 
@@ -398,7 +454,7 @@ def _jax_run(fn: Callable, params, ins, g, dtype, rest=None) -> tuple[dict, list
     @jax.jit
     def run(xs, params, rest, g):
         y, vjp, aux = jax.vjp(fn, xs, params, rest, has_aux=True)
-        dxs, dparams, _ = vjp(g)
+        dxs, dparams, _ = vjp(g.astype(y.dtype))  # the loss is float32 under bfloat16
         return y, aux, dxs, dparams
 
     y, aux, dxs, dparams = run([_jnp(a, dtype) for a in ins], params, rest, _jnp(g, dtype))
@@ -435,8 +491,13 @@ def jax_op(node: Node, block_module, ins, g, dtype, target) -> OpRun:
         fn = lambda xs, *_: (type(block_module).__call__(block_module, xs[0]), {})  # noqa: E731
     elif node.kind == "residual":
         def fn(xs, *_):
-            fake = SimpleNamespace(res_branch=[lambda _: xs[0]], skip_con=[lambda _: xs[1]], _record=lambda y: y)
+            fake = _stand_in(block_module, res_branch=[lambda _: xs[0]], skip_con=[lambda _: xs[1]],
+                             _record=lambda y: y)
             return type(block_module).__call__(fake, xs[0]), {}
+    elif node.kind == "join":
+        def fn(xs, *_):
+            parts = _join_parts(block_module, node, xs[0], xs[1], jnp.zeros_like(xs[0]))
+            return type(block_module).__call__(_stand_in(block_module, **parts, _record=lambda y: y), xs[0]), {}
     else:
         t = _jnp(target, dtype)
         fn = lambda xs, *_: (compare._mse(xs[0], t), {})  # noqa: E731
@@ -460,10 +521,11 @@ class OpRow:
     k: int
     errors: dict[str, Err]
     unit: Err  # rounding_unit of the row
+    rounding: str  # what rounds the op's inputs: its dtype, or tf32 (verdict.unit_roundoff)
 
     @property
     def band(self) -> Err:
-        fro, q = BAND_FACTORS[self.kind]
+        fro, q = BAND_FACTORS[FACTORS_OF.get(self.rounding, self.rounding)][self.kind]
         return Err(fro * self.unit.rel_fro, q * self.unit.q999)
 
     def deviating(self) -> list[str]:
@@ -508,10 +570,10 @@ def _perturbed(arrays, u, rng):
     return [a * (1 + u * rng.standard_normal(np.shape(a))) for a in arrays]
 
 
-def _rows_of(node, block, ins, spec, truth_fwd, truth_in, truth_par, pert_fwd, pert_in, pert_par, runs, u):
+def _rows_of(node, block, ins, spec, truth_fwd, truth_in, truth_par, pert_fwd, pert_in, pert_par, runs, rounding):
     """The rows of one node: its forward outputs, input cotangents and parameter cotangents."""
     kind_of = {"conv": "conv", "upsample": "upsample", "bn": "BN normalise", "relu": "ReLU", "pool": "pool",
-               "residual": "residual add", "loss": "loss"}
+               "residual": "residual add", "join": "residual add", "loss": "loss"}
     rows = []
 
     def add(kind, quantity, tensor, kq, pick, mask=None):
@@ -519,7 +581,8 @@ def _rows_of(node, block, ins, spec, truth_fwd, truth_in, truth_par, pert_fwd, p
         e_in = err(pick(pert_fwd, pert_in, pert_par), t, mask, t)
         errors = {fw: err(pick(r.forward, r.input_grads, r.param_grads), t, mask, t) for fw, r in runs.items()}
         k = _shape_k(node, ins, spec, kq)
-        rows.append(OpRow(block, node.name, kind, quantity, tensor, k, errors, rounding_unit(e_in, k, u)))
+        rows.append(OpRow(block, node.name, kind, quantity, tensor, k, errors,
+                          rounding_unit(e_in, k, V.unit_roundoff(rounding)), rounding))
 
     cat = lambda *xs: np.concatenate([np.ravel(x) for x in xs])  # noqa: E731
     if node.kind == "residual":
@@ -533,7 +596,9 @@ def _rows_of(node, block, ins, spec, truth_fwd, truth_in, truth_par, pert_fwd, p
     for stat in ("running_mean", "running_var"):
         if stat in truth_fwd:
             add("BN statistics", "running statistics", stat.replace("_", " "), "stats", lambda f, i, p, s=stat: f[s])
-    if node.kind != "loss":
+    if node.kind == "join":
+        add(kind, "backward", "input cotangents", "input", lambda f, i, p: cat(*i))
+    elif node.kind != "loss":
         add(kind, "backward", "input cotangent", "input", lambda f, i, p: i[0])
     else:
         add(kind, "backward", "input cotangent", "loss", lambda f, i, p: i[0])
@@ -561,6 +626,9 @@ def _jax_twin(torch_block: torch.nn.Module, numerics: Numerics) -> nnx.Module:
         return Conv3d(torch_block.in_channels, torch_block.out_channels, torch_block.kernel_size[0], **kw)
     if isinstance(torch_block, tmodel.Pool3DBlock):
         return jmodel.Pool3DBlock(torch_block.pool_size)
+    if isinstance(torch_block, tmodel.EncoderDecoder):  # shapes only: its own ops, the joins, read no parameter
+        width = torch_block.skip_res1.res_branch[0].in_channels
+        return nnx.eval_shape(lambda: jmodel.EncoderDecoder(width, numerics=numerics, rngs=nnx.Rngs(0)))
     first = (torch_block.res_branch if isinstance(torch_block, tmodel.Res3DBlock) else torch_block.block)[0]
     sizes = (first.in_channels, first.out_channels)
     if isinstance(torch_block, tmodel.Basic3DBlock):
@@ -577,8 +645,9 @@ def _blocks(weights, block, dtype, numerics_fields, jax_patch, torch_patch):
     compute, param = PRECISIONS[dtype]
     with jax_patch(), (jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()):
         holder = _Holder(_jax_twin(torch_block, Numerics(dtype=compute, param_dtype=param, **numerics_fields)))
-        state = {f"block.{k}": v.detach().cpu() for k, v in torch_block.state_dict().items()}
-        if state:
+        state = {f"block.{k}": v.detach().cpu().to(torch.float32) if v.dtype == torch.bfloat16 else v.detach().cpu()
+                 for k, v in torch_block.state_dict().items()}  # bfloat16: JAX's parameters are float32
+        if state and not isinstance(torch_block, tmodel.EncoderDecoder):
             convert.load_torch_state_dict(holder, state, source=f"weights of {block}")
     return torch_block, holder.block
 
@@ -592,17 +661,20 @@ class _Holder(nnx.Module):
 
 def op_errors(block: str, weights: Mapping, x: np.ndarray, cotangent: np.ndarray | None, dtype: str = "float32",
               *, target: np.ndarray | None = None, train: bool = True, jax_patch: Callable = contextlib.nullcontext,
-              torch_patch: Callable = contextlib.nullcontext, seed: int = 0, **numerics_fields) -> list[OpRow]:
-    """Every op of `block` judged in both frameworks against its NumPy float64 definition (module docstring)."""
-    if dtype not in UNIT_ROUNDOFF:
-        raise ValueError(f"dtype {dtype!r}: choose one of {sorted(UNIT_ROUNDOFF)}")
+              torch_patch: Callable = contextlib.nullcontext, seed: int = 0, tf32: bool = False,
+              **numerics_fields) -> list[OpRow]:
+    """Every op of `block` judged in both frameworks against its NumPy float64 definition (module docstring).
+    tf32: JAX's float32 convolutions and products at the backend's default precision (TF32 on a GPU), judged
+    with TF32's unit roundoff; otherwise at full precision."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r}: choose one of {DTYPES}")
     if block == OUTPUT and target is None:
         raise ValueError(f"block {OUTPUT}: the loss needs the target")
     weights = _weights(weights)
     x = np.asarray(x, np.float64)
     target = None if target is None else np.asarray(target, np.float64)
-    u = UNIT_ROUNDOFF[dtype]
     x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()
+    numerics_fields = {"precision": None if tf32 else jax.lax.Precision.HIGHEST, **numerics_fields}
     torch_block, jax_block = _blocks(weights, block, dtype, numerics_fields, jax_patch, torch_patch)
     nodes = block_nodes(torch_block, block)
     prefix = "output_layer" if block == OUTPUT else block
@@ -610,11 +682,15 @@ def op_errors(block: str, weights: Mapping, x: np.ndarray, cotangent: np.ndarray
 
     # The truth forward, op by op, then the truth backward from the output's cotangent.
     values = {"x": x}
+    grads = {nodes[-1].name: np.asarray(1.0) if block == OUTPUT else np.asarray(cotangent, np.float64)}
+    if nodes[0] in JOINS:
+        inner_values, inner_grads = _join_truth(weights, x, grads[nodes[-1].name], train)
+        values.update(inner_values)
+        grads.update(inner_grads)
     outs = {}
     for n in nodes:
         outs[n.name] = numpy_forward(n, [values[i] for i in n.inputs], specs[n.name], train, target)
         values[n.name] = outs[n.name]["output"]
-    grads = {nodes[-1].name: np.asarray(1.0) if block == OUTPUT else np.asarray(cotangent, np.float64)}
     in_grads, par_grads = {}, {}
     for n in reversed(nodes):
         ins = [values[i] for i in n.inputs]
@@ -627,6 +703,8 @@ def op_errors(block: str, weights: Mapping, x: np.ndarray, cotangent: np.ndarray
     for n in nodes:
         ins, g = [values[i] for i in n.inputs], grads[n.name]
         spec = specs[n.name]
+        rounding = "tf32" if tf32 and dtype == "float32" and n.kind in TF32_KINDS else dtype
+        u = V.unit_roundoff(rounding)
         pins, (pg,) = _perturbed(ins, u, rng), _perturbed([g], u, rng)
         pspec = dataclasses.replace(spec, params=dict(zip(spec.params, _perturbed(spec.params.values(), u, rng))))
         ptgt = None if target is None else _perturbed([target], u, rng)[0]
@@ -638,8 +716,33 @@ def op_errors(block: str, weights: Mapping, x: np.ndarray, cotangent: np.ndarray
             jax_block.train() if train else jax_block.eval()
             j_run = jax_op(n, jax_block, ins, g, dtype, target)
         rows += _rows_of(n, block, ins, spec, outs[n.name], in_grads[n.name], par_grads[n.name], pert_fwd, pert_in,
-                         pert_par, {JAX: j_run, TORCH: t_run}, u)
+                         pert_par, {JAX: j_run, TORCH: t_run}, rounding)
     return rows
+
+
+def _join_truth(weights, x, cotangent, train: bool) -> tuple[dict, dict]:
+    """The float64 truth around the encoder-decoder's joins: the outputs of the sub-blocks they add, and the
+    cotangent of each join's output but the last, from an unpatched float64 PyTorch encoder-decoder (built outside
+    any planted bug; its sub-blocks' ops are judged in their own blocks)."""
+    ed = _torch_model(weights, "float64").encoder_decoder.train(train)
+    seen, grads = {}, {}
+    consumer = {"decoder_res1": JOINS[0].name}  # the sub-block reading the inner join's output
+
+    def hook(name):
+        def record(_m, inputs, output):
+            seen[name] = compare._numpy(output)
+            if name in consumer:
+                inputs[0].register_hook(lambda g: grads.__setitem__(consumer[name], compare._numpy(g)))
+        return record
+
+    wanted = {i for join in JOINS for i in join.inputs} | set(consumer)
+    handles = [getattr(ed, name).register_forward_hook(hook(name)) for name in wanted]
+    try:
+        ed(torch.as_tensor(x)).backward(torch.as_tensor(cotangent))
+    finally:
+        for h in handles:
+            h.remove()
+    return {i: seen[i] for join in JOINS for i in join.inputs}, grads
 
 
 def localise_op(block: str, weights: Mapping, x: np.ndarray, cotangent: np.ndarray | None, dtype: str = "float32",
@@ -727,7 +830,8 @@ def reference_case(width: int, grid: int, batch: int, joints: int, seed: int, de
 
 
 CALIBRATION_BLOCKS = ("front_layers.0", "front_layers.1", "front_layers.2", "encoder_decoder.skip_res1",
-                      "encoder_decoder.encoder_res1", "encoder_decoder.decoder_upsample1", "back_layers.1", OUTPUT)
+                      "encoder_decoder.encoder_res1", "encoder_decoder.decoder_upsample1", "encoder_decoder",
+                      "back_layers.1", OUTPUT)
 
 
 def ratios(rows: Sequence[OpRow]) -> dict[str, dict[str, float]]:
@@ -768,7 +872,9 @@ def gradient_gap(width=32, grid=32, batch=2, joints=21, seed=0, **numerics_field
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--block", action="append", help=f"block path (repeatable; default {CALIBRATION_BLOCKS})")
-    p.add_argument("--dtype", choices=sorted(UNIT_ROUNDOFF), default="float32")
+    p.add_argument("--dtype", choices=DTYPES, default="float32")
+    p.add_argument("--tf32", action="store_true", help="float32: JAX's convolutions at the default precision (TF32 on "
+                   "a GPU), judged with TF32's unit roundoff")
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--grid", type=int, default=32)
     p.add_argument("--batch", type=int, default=2)
@@ -783,6 +889,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.grid % 4:
         p.error(f"--grid {args.grid}: must be a multiple of 4 (two 2x poolings)")
+    if args.tf32 and args.dtype != "float32":
+        p.error(f"--tf32: TF32 rounds float32 products; --dtype is {args.dtype}")
     if args.gradient_gap:
         for seed in args.seeds:
             print(gradient_gap(args.width, args.grid, args.batch, args.joints, seed, conv=args.conv,
@@ -798,7 +906,7 @@ def main(argv=None):
             p.error(f"--block: {e}")
         for block in blocks:
             rows = op_errors(block, weights, truth[block].x, truth[block].cotangent, args.dtype, target=target,
-                             seed=seed, conv=args.conv, upsample=args.upsample)
+                             seed=seed, tf32=args.tf32, conv=args.conv, upsample=args.upsample)
             if args.calibrate:
                 for kind, r in ratios(rows).items():
                     w = worst.setdefault(kind, {"rel_fro": 0.0, "q999": 0.0})
@@ -806,7 +914,8 @@ def main(argv=None):
                         w[m] = max(w[m], r[m])
             else:
                 found = first_deviation(rows)
-                print(f"{block} (seed {seed}, {args.dtype}, width {args.width}, grid {args.grid}^3, batch "
+                precision = args.dtype + (", TF32" if args.tf32 else "")
+                print(f"{block} (seed {seed}, {precision}, width {args.width}, grid {args.grid}^3, batch "
                       f"{args.batch})\n\n{format_table(rows)}\n\n{found or 'every op within its rounding band'}\n")
     if args.calibrate:
         print("| kind | max err / ((1 + log2 K) max(e_in, u)), rel. Frobenius | q99.9 |\n|---|---|---|")

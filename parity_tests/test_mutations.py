@@ -159,6 +159,13 @@ def test_planted_bug_is_caught_and_localised(name):
     assert M.op_kind(outcome.named_op) == NAMED_OP.get(name, mutation.op), row
 
 
+@pytest.mark.slow  # 243 s wall, 119 s CPU at load 19
+def test_a_dropped_skip_join_is_localised_to_the_join():
+    """A bug between blocks: the encoder-decoder's own op, its skip join, is named (docs/parity.md)."""
+    outcome = M.run(M.BY_NAME["skip_join_dropped"], CONFIG)
+    assert outcome.localised, M.format_row(outcome)
+
+
 def test_unmodified_code_is_not_flagged():
     outcome = M.run(None, CONFIG)
     assert not outcome.caught, M.format_row(outcome)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from parity_tests import ops
+from parity_tests import mutations, ops
 from parity_tests.cases import rectified_normal
 from parity_tests.compare import OUTPUT
 from v2v_jax import layers
@@ -102,11 +102,15 @@ def test_unmodified_blocks_within_rounding_float32(weights, block):
     assert ops.first_deviation(rows) is None, ops.format_table(rows)
 
 
-def test_unmodified_output_and_loss_within_rounding(weights):
+@pytest.mark.parametrize("tf32", [False, pytest.param(True, marks=pytest.mark.slow)])  # True: another compile
+def test_unmodified_output_and_loss_within_rounding(weights, tf32):
+    """tf32 (on the CPU, where JAX's default precision is full float32): the conv is judged with TF32's unit
+    roundoff, the loss with float32's."""
     x = rectified_normal((2, 32, 4, 4, 4), seed=2)
     target = np.random.default_rng(3).random((2, 21, 4, 4, 4))
-    rows = ops.op_errors(OUTPUT, weights, x, None, "float32", target=target)
+    rows = ops.op_errors(OUTPUT, weights, x, None, "float32", target=target, tf32=tf32)
     assert [r.kind for r in rows if r.quantity == "forward"] == ["conv", "loss"]
+    assert {(r.kind, r.rounding) for r in rows} == {("conv", "tf32" if tf32 else "float32"), ("loss", "float32")}
     assert ops.first_deviation(rows) is None, ops.format_table(rows)
 
 
@@ -135,7 +139,7 @@ def jax_flipped_kernel():
 
 
 @pytest.mark.x64
-@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("dtype", ["float64", "float32", pytest.param("bfloat16", marks=pytest.mark.slow)])
 def test_planted_bugs_named(weights, dtype):
     block = "encoder_decoder.decoder_upsample1"
     x, g = _case(block)
@@ -146,3 +150,20 @@ def test_planted_bugs_named(weights, dtype):
     x, g = _case(block)
     found = ops.localise_op(block, weights, x, g, dtype, jax_patch=jax_flipped_kernel)
     assert (found.op, found.kind, found.framework, found.quantity) == ("block.0", "conv", ops.JAX, "forward"), found
+
+
+@pytest.mark.slow  # 3-6 s of CPU (both frameworks' encoder-decoder code traced)
+def test_encoder_decoder_joins_within_rounding_and_a_dropped_join_named():
+    """The encoder-decoder's own ops are its two skip joins: within rounding unmodified, and PyTorch's
+    `skip_join_dropped` (parity_tests/mutations.py) named at the first join. Width 4, grid 8 (the encoder-decoder
+    at 4^3): a join is one add whatever the size."""
+    weights, x, target = ops.reference_case(width=4, grid=8, batch=2, joints=3, seed=0)
+    truth = ops.truth_from_torch(weights, x, target, "encoder_decoder")
+    rows = ops.op_errors("encoder_decoder", weights, truth.x, truth.cotangent, "float32")
+    assert [(r.op, r.kind) for r in rows if r.quantity == "forward"] == [("(x + skip_x2)", "residual add"),
+                                                                         ("(x + skip_x1)", "residual add")]
+    assert ops.first_deviation(rows) is None, ops.format_table(rows)
+    found = ops.localise_op("encoder_decoder", weights, truth.x, truth.cotangent, "float32",
+                            torch_patch=mutations.BY_NAME["skip_join_dropped"].patch)
+    assert (found.block, found.op, found.kind, found.framework, found.quantity) == (
+        "encoder_decoder", "(x + skip_x2)", "residual add", ops.TORCH, "forward"), found
