@@ -317,8 +317,9 @@ def traces(framework: str, config: Config, patch: Callable, inputs: Inputs | Non
     unpatched = patch is contextlib.nullcontext
     if unpatched and inputs is None:
         return _cached_runs(framework, config)
+    inputs = inputs or make_inputs(config)  # drawn outside the patch: a planted init bug must not move them
     with patch():
-        return _runs(framework, config, inputs or make_inputs(config), fresh=not unpatched)
+        return _runs(framework, config, inputs, fresh=not unpatched)
 
 
 # ------------------------------------------------------------------------------------------------- tensors
@@ -697,6 +698,9 @@ def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, to
     if site.float64:
         words = (f"{who} computes a different function: the float64 runs first disagree at {where} "
                  f"({site.quantity}), beyond float64 rounding")
+    elif op == "init":
+        words = (f"{who}'s own init of {block} is off the authors' distribution (beyond {INIT_Z:g} sigma); the "
+                 f"comparison itself gave both frameworks the same weights")
     else:
         words = (f"{who} rounds worse than the other framework beyond the calibrated band, first at {where} "
                  f"({site.quantity}, {config.dtype})")
