@@ -99,16 +99,6 @@ FACTORS_OF = {"float64": "float32", "tf32": "float32"}  # roundings without fact
 
 # What a user should know when JAX's float32 gradients are further from float64 than PyTorch's (docs/parity.md,
 # "The float32 gradient gap").
-KNOWN_CAUSES = {
-    "float32 gradient gap": (
-        "Not an inaccurate op: fed the float64 truth of their inputs, every op of both frameworks is within its "
-        "rounding band (about 1e-7). The float32 gradients are dominated by rare discrete decisions that rounding "
-        "flips: a ReLU input within rounding of zero, or a max-pool near-tie. One flipped voxel changes the weight "
-        "gradients of every layer before it by about 1e-3 relative at the authors' init; which framework flips "
-        "which voxel is chance (perturbing the float64 weights by 6e-8 reproduces PyTorch's errors to three "
-        "digits, and recording JAX's ReLU inputs, which only changes XLA's fusion, takes JAX's errors in the "
-        "encoder-decoder from 6e-3 to 1e-6)."),
-}
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # torch.nn.BatchNorm3d's defaults, the authors' settings
 
 

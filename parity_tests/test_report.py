@@ -1,5 +1,6 @@
 """The report tool's options and output, without running the models (test_anchored.py runs them)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -62,6 +63,9 @@ def test_render_and_json(tmp_path):
     assert "verdict: both within rounding" in text and "first divergence" not in text
     assert "JAX took 1 of 100 ReLU and pool decisions otherwise than float64" in text
     assert "PyTorch took all 100 ReLU and pool decisions as float64 does" in text
+    assert f"note: {R.FLIPS_EXPLAINED}" in text
+    no_flips = dataclasses.replace(clean, flips={V.JAX: Flips(100, 0, 0.0, ""), V.TORCH: Flips(100, 0, 0.0, "")})
+    assert R.FLIPS_EXPLAINED not in R.render(no_flips, {"wall": 1.0, "cpu": 2.0})
     assert "| front_layers.0 | activation | 1 |" in text
     text = R.render(bad, {"wall": 1.0, "cpu": 2.0})
     assert "verdict: JAX deviates" in text and "first divergence: words" in text
