@@ -65,6 +65,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow  # ~41 s in a new JAX process; CI's second step runs it (.ci/run)
 def test_four_cpu_devices_step_equals_single_device_step(tmp_path):
     script = tmp_path / "step.py"
     script.write_text(STEP_SCRIPT)
