@@ -91,7 +91,7 @@ class Config:
 # What `python train.py` adds to the fields' defaults: measured on the 2-core CPU (README, "What the default run
 # reaches", and docs/training.md).
 RECIPE = dict(schedule="cosine", warmup_steps=100, loss="integral", integral_weight=0.1, decode="soft_argmax",
-              max_translation=1.0)
+              max_translation=1.0, epochs=11)
 
 PRESETS = {
     # Sized by measurement for a 2-core CPU and about 10 minutes (README, "What the default run reaches").
