@@ -97,8 +97,6 @@ BAND_FACTORS = {
 }
 FACTORS_OF = {"float64": "float32", "tf32": "float32"}  # roundings without factors of their own
 
-# What a user should know when JAX's float32 gradients are further from float64 than PyTorch's (docs/parity.md,
-# "The float32 gradient gap").
 BN_EPS, BN_MOMENTUM = 1e-5, 0.1  # torch.nn.BatchNorm3d's defaults, the authors' settings
 
 
