@@ -70,6 +70,7 @@ class Mutation:
     op: str
     what: str
     patch: Callable[[], ContextManager]
+    rounding_only: bool = False  # the float64 runs are unchanged: only the rounding comparison can see it
 
 
 # ---------------------------------------------------------------------------------------------------- planting
@@ -216,6 +217,12 @@ def _shift_depth(y: jax.Array) -> jax.Array:
     return jnp.pad(y[:, 1:], [(0, 0), (0, 1), (0, 0), (0, 0), (0, 0)])
 
 
+def _through_bfloat16(y: jax.Array) -> jax.Array:
+    """A float32 result rounded to bfloat16 (a mixed-precision setting leaking into one layer); float64 untouched,
+    so only the rounding comparison can see it."""
+    return y.astype(jnp.bfloat16).astype(y.dtype) if y.dtype == jnp.float32 else y
+
+
 def _skip_free_encoder_decoder(self, original, x):
     """EncoderDecoder.forward with its second skip join (x + skip_x2) left out."""
     del original
@@ -246,7 +253,7 @@ def _statistics_not_written(bn, original, x):
 
 
 def _moments_without_mean_gradient(x, flavour):
-    mean, var = layers.batch_moments(x, flavour)
+    mean, var = _ORIGINAL_BATCH_MOMENTS(x, flavour)
     return jax.lax.stop_gradient(mean), var
 
 
@@ -259,6 +266,7 @@ def _torch_init_std(model, scheme="original"):
 
 
 _ORIGINAL_TORCH_INIT = tmodel.initialize
+_ORIGINAL_BATCH_MOMENTS = layers.batch_moments  # the patch replaces layers.batch_moments with a caller of this
 _ORIGINAL_TORCH_LOSS = anchored.torch_loss
 _ED = "encoder_decoder."
 
@@ -285,8 +293,8 @@ def _mutations() -> tuple[Mutation, ...]:
     J, T = V.JAX, V.TORCH
     m = []
 
-    def add(name, framework, block, op, what, patch_for_name):
-        m.append(Mutation(name, framework, block, op, what, patch_for_name(name)))
+    def add(name, framework, block, op, what, patch_for_name, rounding_only=False):
+        m.append(Mutation(name, framework, block, op, what, patch_for_name(name), rounding_only))
 
     # BatchNorm
     add("bn_unbiased_var_in_normalisation", T, _ED + "mid_res", BN_NORMALISE,
@@ -350,6 +358,10 @@ def _mutations() -> tuple[Mutation, ...]:
     add("convert_transposed_conv_axes_swapped", J, _ED + "decoder_upsample2", UPSAMPLE,
         "the converter swaps the H and W axes of every ConvTranspose3d kernel",
         lambda n: _converted(lambda k, v: v.transpose(3, 4) if v.ndim == 5 and "upsample" in k else v))
+    add("conv_output_through_bfloat16", J, "front_layers.2", CONV,
+        "one conv's float32 output rounded to bfloat16 (float64 unchanged: a rounding bug only)",
+        lambda n: _jax_layer("front_layers.2.res_branch.0", layers.Conv3d, "__call__", _after(_through_bfloat16), n),
+        rounding_only=True)
     # upsampling
     add("upsample_shifted_one_voxel", J, _ED + "decoder_upsample2", UPSAMPLE,
         "a transposed conv's output aligned one voxel off along depth",

@@ -12,9 +12,10 @@ jax_patch=contextlib.nullcontext, torch_patch=contextlib.nullcontext, seed=0, tf
 `op_errors` takes the same arguments and returns every row.
 - block: a leaf block's path as the models label them (`encoder_decoder.encoder_res1`, `front_layers.1`),
   `encoder_decoder` for its own ops, the two skip joins, or `(output)` for the output conv and the loss.
-- weights: a torch-keyed state_dict (arrays or tensors) of the whole V2V; both frameworks are built from it (JAX
-  through `v2v_jax.convert`), inside `jax_patch()` / `torch_patch()` (zero-argument context-manager factories, so
-  a planted bug reaches one framework only); the NumPy definitions read it directly.
+- weights: a torch-keyed state_dict (arrays or tensors) of the whole V2V; each framework builds a whole V2V from it
+  (JAX through `v2v_jax.convert`) and takes the block from it, inside `jax_patch()` / `torch_patch()`
+  (zero-argument context-manager factories, so a planted bug reaches one framework only, also a bug planted in
+  one layer of every V2V built); the NumPy definitions read it directly.
 - x, cotangent: the float64 truth of the block's input and of the gradient of the loss with respect to its output
   (torch layout); for `(output)`, x is the input of the output conv, the cotangent is ignored (the loss is the end)
   and `target` is required.
@@ -73,7 +74,7 @@ from parity_tests.compare import OUTPUT, to_jax_layout, to_torch_layout
 from v2v_jax import convert
 from v2v_jax import model as jmodel
 from v2v_jax.dtypes import PRECISIONS
-from v2v_jax.layers import CONV_IMPLS, UPSAMPLE_IMPLS, Conv3d, Numerics
+from v2v_jax.layers import CONV_IMPLS, UPSAMPLE_IMPLS, Numerics
 from v2v_torch_ref import model as tmodel
 
 JAX, TORCH = "JAX", "PyTorch"
@@ -607,44 +608,24 @@ def _torch_model(weights, dtype):
     return model.to(tmodel.DTYPES[dtype])
 
 
-def _jax_twin(torch_block: torch.nn.Module, numerics: Numerics) -> nnx.Module:
-    """The Flax module of the same class and sizes as a torch block (or the output conv)."""
-    kw = dict(numerics=numerics, rngs=nnx.Rngs(0))
-    if isinstance(torch_block, torch.nn.Conv3d):
-        return Conv3d(torch_block.in_channels, torch_block.out_channels, torch_block.kernel_size[0], **kw)
-    if isinstance(torch_block, tmodel.Pool3DBlock):
-        return jmodel.Pool3DBlock(torch_block.pool_size)
-    if isinstance(torch_block, tmodel.EncoderDecoder):  # shapes only: its own ops, the joins, read no parameter
-        width = torch_block.skip_res1.res_branch[0].in_channels
-        return nnx.eval_shape(lambda: jmodel.EncoderDecoder(width, numerics=numerics, rngs=nnx.Rngs(0)))
-    first = (torch_block.res_branch if isinstance(torch_block, tmodel.Res3DBlock) else torch_block.block)[0]
-    sizes = (first.in_channels, first.out_channels)
-    if isinstance(torch_block, tmodel.Basic3DBlock):
-        sizes += (first.kernel_size[0],)
-    return getattr(jmodel, type(torch_block).__name__)(*sizes, **kw)
-
-
 def _blocks(weights, block, dtype, numerics_fields, jax_patch, torch_patch):
-    """(torch block, Flax block) holding `weights`, each built inside its framework's patch; the Flax one loads
-    the torch block's state_dict through v2v_jax.convert."""
+    """(torch block, Flax block) holding `weights`, each taken from a whole V2V built inside its framework's patch
+    (so that a bug planted in one layer of every V2V built reaches the block); the Flax model loads the torch
+    model's state_dict through v2v_jax.convert."""
     with torch_patch():
         model = _torch_model(weights, dtype)
         torch_block = model.output_layer if block == OUTPUT else model.get_submodule(block)
     compute, param = PRECISIONS[dtype]
+    w = weights["output_layer.weight"]
     with jax_patch(), (jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()):
-        holder = _Holder(_jax_twin(torch_block, Numerics(dtype=compute, param_dtype=param, **numerics_fields)))
-        state = {f"block.{k}": v.detach().cpu().to(torch.float32) if v.dtype == torch.bfloat16 else v.detach().cpu()
-                 for k, v in torch_block.state_dict().items()}  # bfloat16: JAX's parameters are float32
-        if state and not isinstance(torch_block, tmodel.EncoderDecoder):
-            convert.load_torch_state_dict(holder, state, source=f"weights of {block}")
-    return torch_block, holder.block
-
-
-class _Holder(nnx.Module):
-    """A parent, so that v2v_jax.convert names the block's arrays `block.<torch key>` even for a lone conv."""
-
-    def __init__(self, block: nnx.Module):
-        self.block = block
+        jax_model = jmodel.V2VModel(weights["front_layers.0.block.0.weight"].shape[1], w.shape[0], w.shape[1],
+                                    numerics=Numerics(dtype=compute, param_dtype=param, **numerics_fields),
+                                    rngs=nnx.Rngs(0))
+        state = {k: v.detach().cpu().to(torch.float32) if v.dtype == torch.bfloat16 else v.detach().cpu()
+                 for k, v in model.state_dict().items()}  # bfloat16: JAX's parameters are float32
+        convert.load_torch_state_dict(jax_model, state, source=f"weights of {block}")
+    jax_block = jax_model.output_layer if block == OUTPUT else _submodule(jax_model, block)
+    return torch_block, jax_block
 
 
 def op_errors(block: str, weights: Mapping, x: np.ndarray, cotangent: np.ndarray | None, dtype: str = "float32",

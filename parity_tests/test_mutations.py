@@ -80,13 +80,13 @@ def tiny_inputs():
 
 @pytest.fixture(scope="module")
 def baseline(tiny_inputs):
-    """The unpatched float64 trace of each framework, computed once."""
+    """The unpatched trace of each framework in each precision, computed once."""
     cache = {}
 
-    def get(framework):
-        if framework not in cache:
-            cache[framework] = anchored.TRACERS[framework](TINY, tiny_inputs, "float64")
-        return cache[framework]
+    def get(framework, dtype="float64"):
+        if (framework, dtype) not in cache:
+            cache[framework, dtype] = anchored.TRACERS[framework](TINY, tiny_inputs, dtype)
+        return cache[framework, dtype]
 
     return get
 
@@ -94,17 +94,22 @@ def baseline(tiny_inputs):
 @pytest.mark.slow
 @pytest.mark.parametrize("mutation", M.MUTATIONS, ids=lambda m: m.name)
 def test_mutation_changes_its_framework_and_is_undone(mutation, tiny_inputs, baseline):
+    """Each bug changes its framework's float64 trace (a rounding-only bug: its float32 trace, and not the
+    float64 one), and a run after exit equals the unpatched one."""
     trace = anchored.TRACERS[mutation.framework]
-    before = baseline(mutation.framework)
+    dtype = "float32" if mutation.rounding_only else "float64"
+    before = baseline(mutation.framework, dtype)
     with mutation.patch():
-        planted = trace(TINY, tiny_inputs, "float64")
+        planted = trace(TINY, tiny_inputs, dtype)
+        if mutation.rounding_only:
+            assert not _differs(trace(TINY, tiny_inputs, "float64"), baseline(mutation.framework))
         if mutation.op == M.INIT:  # the checker gives both frameworks the same weights: only a new model shows it
             weights = [m.weight for m in tmodel.V2VModel(1, 3, 4).modules() if isinstance(m, nn.Conv3d)]
     if mutation.op == M.INIT:
         assert 5e-3 < float(torch.cat([w.flatten() for w in weights]).std()) < 2e-2
     else:
         assert _differs(planted, before)
-    assert not _differs(trace(TINY, tiny_inputs, "float64"), before)
+    assert not _differs(trace(TINY, tiny_inputs, dtype), before)
 
 
 @pytest.mark.slow
@@ -126,8 +131,8 @@ def test_all_patches_of_one_framework_leave_the_other_alone(framework, tiny_inpu
 # framework's two runs and the op localiser. Measured (2 shared cores, load ~5): the PyTorch bugs 2-24 s each, the
 # JAX one 134 s (two new compilations); the default run keeps the three cheapest, the rest are slow.
 DEFAULT_SUBSET = ("avg_pool_once", "rmsprop_alpha_0.9", "init_std_1e-2")
-SLOW_SUBSET = ("bn_biased_running_var", "bn_eps_1e-3", "conv_kernel_flipped", "final_relu_added",
-               "loss_sum_over_joints")
+SLOW_SUBSET = ("bn_biased_running_var", "bn_eps_1e-3", "bn_mean_without_gradient", "conv_kernel_flipped",
+               "final_relu_added", "loss_sum_over_joints")
 
 
 # Each must be named at the mutation's block (any block where it declares none), framework and op, because:
@@ -137,6 +142,8 @@ SLOW_SUBSET = ("bn_biased_running_var", "bn_eps_1e-3", "conv_kernel_flipped", "f
 # - init_std_1e-2: PyTorch's own init of front_layers.0's conv is ~10 sigma off the authors' (anchored.init_rows);
 # - bn_biased_running_var: the variance PyTorch writes to the running variance is not NumPy's unbiased one;
 # - bn_eps_1e-3: every JAX BN normalises off NumPy's eps-1e-5 one; the first, front_layers.0's, is named;
+# - bn_mean_without_gradient: a bug in one JAX layer, which the op localiser reaches only by taking the block from
+#   a whole V2V built inside the patch; JAX's BN backward leaves NumPy's;
 # - conv_kernel_flipped: the flipped kernel's conv leaves NumPy's cross-correlation, in PyTorch;
 # - loss_sum_over_joints: every output agrees and PyTorch's loss is not NumPy's MSE of its own output
 #   (anchored.judged_alone);

@@ -78,9 +78,11 @@ class Rule:
 # sizes on unmodified code, float32 on the CPU: the multiplier is twice the largest ratio seen either way; the
 # floor is the largest error seen on the tensors whose errors are a single rounding (the loss: 1 u) times 64, so
 # tensors at rounding level are never judged by ratios of near-zero numbers.
-# The first step (activations, gradients, batch statistics, the loss): largest ratio 12.2 (a BN weight gradient's
-# q99.9 at width 8, 16 values).
-RULE = Rule(multiplier=25.0, floor=64.0)
+# The first step (activations, gradients, batch statistics, the loss): largest ratio 48, the q99.9 of the output
+# conv's parameter gradient at width 32, 32^3, seed 2 (PyTorch 1.6e-5 against JAX 3.4e-7: its bias gradient, a
+# same-signed sum over 8,192 positions, which PyTorch accumulates less accurately); at width 8, 16^3 it was 12.2 (a
+# BN weight gradient's q99.9, 16 values).
+RULE = Rule(multiplier=96.0, floor=64.0)
 # After the RMSprop steps (parameters, running variances, losses): RMSprop's first steps are ~10 lr sign(g), so
 # entries whose gradient is near its rounding error move at full step size in a random direction. Against plain
 # float64 the errors were chaotic (up to 1,734x either way, flipped ReLU decisions included); on the run's own
