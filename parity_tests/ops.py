@@ -601,9 +601,14 @@ def _weights(weights) -> dict[str, np.ndarray]:
     return {k: compare._numpy(v) if isinstance(v, torch.Tensor) else np.asarray(v) for k, v in weights.items()}
 
 
-def _torch_model(weights, dtype):
+def _model_sizes(weights) -> tuple[int, int, int]:
+    """(input channels, joints, width) of the V2V a torch-keyed state_dict holds."""
     w = weights["output_layer.weight"]
-    model = tmodel.V2VModel(weights["front_layers.0.block.0.weight"].shape[1], w.shape[0], w.shape[1])
+    return weights["front_layers.0.block.0.weight"].shape[1], w.shape[0], w.shape[1]
+
+
+def _torch_model(weights, dtype):
+    model = tmodel.V2VModel(*_model_sizes(weights))
     model.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in weights.items()})
     return model.to(tmodel.DTYPES[dtype])
 
@@ -616,9 +621,8 @@ def _blocks(weights, block, dtype, numerics_fields, jax_patch, torch_patch):
         model = _torch_model(weights, dtype)
         torch_block = model.output_layer if block == OUTPUT else model.get_submodule(block)
     compute, param = PRECISIONS[dtype]
-    w = weights["output_layer.weight"]
     with jax_patch(), (jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()):
-        jax_model = jmodel.V2VModel(weights["front_layers.0.block.0.weight"].shape[1], w.shape[0], w.shape[1],
+        jax_model = jmodel.V2VModel(*_model_sizes(weights),
                                     numerics=Numerics(dtype=compute, param_dtype=param, **numerics_fields),
                                     rngs=nnx.Rngs(0))
         state = {k: v.detach().cpu().to(torch.float32) if v.dtype == torch.bfloat16 else v.detach().cpu()
