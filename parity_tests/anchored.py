@@ -601,15 +601,6 @@ def rmsprop_first_step(weights: Mapping[str, np.ndarray], grads: Mapping[str, np
             for k, g in grads.items()}
 
 
-# The bound on a float64 result judged alone against NumPy. The parameters as loaded are the given float32
-# values, transposed at most: exact. The optimizer's first step is a handful of float64
-# operations per entry, each rounding by u64 relative: a correct one agrees with rmsprop_first_step to ~10 u64
-# (RMSprop's step, ~10 lr = 2.5e-3, and the init are unrelated, so ||p1|| is not much below their sum). The loss
-# sums K squares: (1 + log2 K) u64 (Higham 2002, section 4.2), 20 u64 at K = 2 * 21 * 16^3. The bugs of the
-# planted-bug suite move either by 1e-1 or more.
-ALONE_BOUND = V.FLOAT64_FLOOR * V.unit_roundoff("float64")
-
-
 def judged_alone(runs: Mapping[str, Mapping[str, Trace]], weights: Mapping[str, Mapping[str, np.ndarray]],
                  target: np.ndarray, op: str) -> list[str]:
     """The frameworks whose float64 `op` ('optimizer' or 'loss') is wrong, each judged on its own float64 run
@@ -624,7 +615,7 @@ def judged_alone(runs: Mapping[str, Mapping[str, Trace]], weights: Mapping[str, 
             got, want = ([d[k].ravel() for k in keys] for d in (trace.stepped, truth))
         else:
             got, want = [[trace.loss]], [[np.mean(np.square(trace.acts[OUTPUT] - target))]]
-        if not V.errors(np.concatenate(got), np.concatenate(want)).rel_fro <= ALONE_BOUND:
+        if not V.errors(np.concatenate(got), np.concatenate(want)).rel_fro <= V.ALONE_BOUND:
             bad.append(fw)
     return bad
 
@@ -643,7 +634,7 @@ def misloaded(runs: Mapping[str, Mapping[str, Trace]], weights: Mapping[str, Map
     (a converter's or a loader's bug, there before anything is computed), as a divergence; None if all hold."""
     for key in runs[V.TORCH]["float64"].loaded:
         bad = [fw for fw, by_dtype in runs.items()
-               if not V.errors(by_dtype["float64"].loaded[key], weights[fw][key]).rel_fro <= ALONE_BOUND]
+               if not V.errors(by_dtype["float64"].loaded[key], weights[fw][key]).rel_fro <= V.ALONE_BOUND]
         if bad:
             layer = key.rpartition(".")[0]
             block = owner_block(layer, list(SOURCES))
@@ -668,7 +659,8 @@ def _op_blocks(blocks) -> list[str]:
 def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, torch_patch: Callable,
              alone: Callable[[str], list[str]] = lambda op: []) -> Divergence:
     """The site named in words, with the op from `parity_tests.ops.localise_op` (fed the float64 truth of each
-    candidate block's input and output cotangent, in turn, until one names an op), when that module is there.
+    candidate block's input and output cotangent, in turn, until one names an op), when that module is there; where
+    the float64 runs disagree and every op is right alone, from `ops.composition_deviation` (each block run whole).
     `alone(op)`: the frameworks whose float64 optimizer or loss is wrong (`judged_alone`), asked when the float64
     runs first disagree after the first step, or at the loss of an output that agrees."""
     dtype = "float64" if site.float64 else config.dtype
@@ -684,15 +676,16 @@ def localise(site: Site, config: Config, inputs: Inputs, jax_patch: Callable, to
     elif site.float64 and site.quantity == "loss" and (wrong := alone("loss")):
         op, framework = "(loss) (loss)", " and ".join(wrong)
     elif ops is not None and dtype in ops.DTYPES:
-        for candidate in _op_blocks(site.blocks):
-            truth = ops.truth_from_torch(inputs.weights, inputs.x, inputs.target, candidate)
-            found = ops.localise_op(candidate, inputs.weights, truth.x, truth.cotangent, dtype,
-                                    target=inputs.target, jax_patch=jax_patch, torch_patch=torch_patch,
-                                    seed=config.seed, tf32=config.rounding == "tf32", conv=config.conv,
-                                    upsample=config.upsample)
-            if found is not None:
-                block, op, framework = candidate, f"{found.op} ({found.kind})", found.framework
-                break
+        candidates = ops.truths_from_torch(inputs.weights, inputs.x, inputs.target, _op_blocks(site.blocks))
+        numerics = dict(jax_patch=jax_patch, torch_patch=torch_patch, conv=config.conv, upsample=config.upsample)
+        op_level = lambda c, t: ops.localise_op(  # noqa: E731
+            c, inputs.weights, t.x, t.cotangent, dtype, target=inputs.target, seed=config.seed,
+            tf32=config.rounding == "tf32", **numerics)
+        composed = lambda c, t: ops.composition_deviation(c, inputs.weights, t.x, t.cotangent, **numerics)  # noqa: E731
+        checks = (op_level, composed) if site.float64 else (op_level,)  # composition: where every op is right alone
+        found = next((f for check in checks for c, t in candidates.items() if (f := check(c, t)) is not None), None)
+        if found is not None:
+            block, op, framework = found.block, f"{found.op} ({found.kind})", found.framework
     who = framework or "JAX or PyTorch (not attributed)"
     where = block + (f", op {op}" if op else "")
     if site.float64:

@@ -79,6 +79,9 @@ from v2v_torch_ref import model as tmodel
 
 JAX, TORCH = "JAX", "PyTorch"
 KINDS = ("conv", "upsample", "BN normalise", "BN statistics", "ReLU", "pool", "residual add", "loss")
+# A node's kind (Node.kind) -> the op kind that rows and verdicts name.
+KIND_NAMES = {"conv": "conv", "upsample": "upsample", "bn": "BN normalise", "relu": "ReLU", "pool": "pool",
+              "residual": "residual add", "join": "residual add", "loss": "loss"}
 QUANTILE = 0.999
 DTYPES = ("float32", "float64", "bfloat16")
 # The ops whose products TF32 rounds (cuDNN convolutions and cuBLAS matmuls on a GPU, float32 in and out).
@@ -561,8 +564,6 @@ def _perturbed(arrays, u, rng):
 
 def _rows_of(node, block, ins, spec, truth_fwd, truth_in, truth_par, pert_fwd, pert_in, pert_par, runs, rounding):
     """The rows of one node: its forward outputs, input cotangents and parameter cotangents."""
-    kind_of = {"conv": "conv", "upsample": "upsample", "bn": "BN normalise", "relu": "ReLU", "pool": "pool",
-               "residual": "residual add", "join": "residual add", "loss": "loss"}
     rows = []
 
     def add(kind, quantity, tensor, kq, pick, mask=None):
@@ -580,7 +581,7 @@ def _rows_of(node, block, ins, spec, truth_fwd, truth_in, truth_par, pert_fwd, p
             add(kind, "forward", "output", "forward", lambda f, i, p: f["output"], mask)
             add(kind, "backward", "input cotangents", "input", lambda f, i, p: cat(*i), cat(mask, mask))
         return rows
-    kind = kind_of[node.kind]
+    kind = KIND_NAMES[node.kind]
     add(kind, "forward", "output", "forward", lambda f, i, p: f["output"])
     for stat in ("running_mean", "running_var"):
         if stat in truth_fwd:
@@ -653,24 +654,8 @@ def op_errors(block: str, weights: Mapping, x: np.ndarray, cotangent: np.ndarray
     prefix = "output_layer" if block == OUTPUT else block
     specs = {n.name: _spec(n, weights, prefix, torch_block) for n in nodes}
 
-    # The truth forward, op by op, then the truth backward from the output's cotangent.
-    values = {"x": x}
-    grads = {nodes[-1].name: np.asarray(1.0) if block == OUTPUT else np.asarray(cotangent, np.float64)}
-    if nodes[0] in JOINS:
-        inner_values, inner_grads = _join_truth(weights, x, grads[nodes[-1].name], train)
-        values.update(inner_values)
-        grads.update(inner_grads)
-    outs = {}
-    for n in nodes:
-        outs[n.name] = numpy_forward(n, [values[i] for i in n.inputs], specs[n.name], train, target)
-        values[n.name] = outs[n.name]["output"]
-    in_grads, par_grads = {}, {}
-    for n in reversed(nodes):
-        ins = [values[i] for i in n.inputs]
-        in_grads[n.name], par_grads[n.name] = numpy_vjp(n, ins, specs[n.name], train, target, grads[n.name])
-        for i, d in zip(n.inputs, in_grads[n.name]):
-            grads[i] = grads.get(i, 0) + d
-
+    truth = _truth(nodes, specs, weights, block, x, cotangent, train, target)
+    values, grads, outs, in_grads, par_grads = truth.values, truth.grads, truth.outs, truth.in_grads, truth.par_grads
     rng = np.random.default_rng(seed)
     rows = []
     for n in nodes:
@@ -691,6 +676,82 @@ def op_errors(block: str, weights: Mapping, x: np.ndarray, cotangent: np.ndarray
         rows += _rows_of(n, block, ins, spec, outs[n.name], in_grads[n.name], par_grads[n.name], pert_fwd, pert_in,
                          pert_par, {JAX: j_run, TORCH: t_run}, rounding)
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class _Truth:
+    """The NumPy float64 truth of a block's ops: each value and its cotangent by name ('x' the block's input),
+    each node's forward outputs, input cotangents and parameter cotangents."""
+
+    values: dict
+    grads: dict
+    outs: dict
+    in_grads: dict
+    par_grads: dict
+
+
+def _truth(nodes, specs, weights, block, x, cotangent, train, target) -> _Truth:
+    """The truth forward, op by op, then the truth backward from the output's cotangent."""
+    values = {"x": x}
+    grads = {nodes[-1].name: np.asarray(1.0) if block == OUTPUT else np.asarray(cotangent, np.float64)}
+    if nodes[0] in JOINS:
+        inner_values, inner_grads = _join_truth(weights, x, grads[nodes[-1].name], train)
+        values.update(inner_values)
+        grads.update(inner_grads)
+    outs = {}
+    for n in nodes:
+        outs[n.name] = numpy_forward(n, [values[i] for i in n.inputs], specs[n.name], train, target)
+        values[n.name] = outs[n.name]["output"]
+    in_grads, par_grads = {}, {}
+    for n in reversed(nodes):
+        ins = [values[i] for i in n.inputs]
+        in_grads[n.name], par_grads[n.name] = numpy_vjp(n, ins, specs[n.name], train, target, grads[n.name])
+        for i, d in zip(n.inputs, in_grads[n.name]):
+            grads[i] = grads.get(i, 0) + d
+    return _Truth(values, grads, outs, in_grads, par_grads)
+
+
+def composition_deviation(block: str, weights: Mapping, x: np.ndarray, cotangent: np.ndarray, *,
+                          train: bool = True, jax_patch: Callable = contextlib.nullcontext,
+                          torch_patch: Callable = contextlib.nullcontext, **numerics_fields) -> OpDeviation | None:
+    """A leaf block run whole in float64, in each framework, against the NumPy chain of its ops: a fault in how
+    the block joins ops that are each right (an op skipped, repeated or fed the wrong value), which judging the
+    ops one at a time cannot see. Judged like a float64 result alone (`verdict.ALONE_BOUND`), forward output and
+    input cotangent. Where a framework's output is the chain's value after an earlier op, the op after that one
+    is named as skipped; otherwise the op is '(composition)'. None when both frameworks compose their ops right,
+    and for the encoder-decoder and the output, whose own code the op rows already run."""
+    if block in (OUTPUT, "encoder_decoder"):
+        return None
+    weights, x = _weights(weights), np.asarray(x, np.float64)
+    numerics_fields = {"precision": jax.lax.Precision.HIGHEST, **numerics_fields}
+    torch_block, jax_block = _blocks(weights, block, "float64", numerics_fields, jax_patch, torch_patch)
+    nodes = block_nodes(torch_block, block)
+    specs = {n.name: _spec(n, weights, block, torch_block) for n in nodes}
+    truth = _truth(nodes, specs, weights, block, x, cotangent, train, None)
+    out, g = truth.values[nodes[-1].name], truth.grads[nodes[-1].name]
+    with torch_patch():
+        t_run = _torch_leaf(torch_block, [x], g, "float64", train)
+    with jax_patch(), jax.enable_x64(True):
+        jax_block.train() if train else jax_block.eval()
+        j_run = _jax_leaf(jax_block, [x], g, "float64")
+    for quantity, tensor, pick, want in (("forward", "output", lambda r: r.forward["output"], out),
+                                         ("backward", "input cotangent", lambda r: r.input_grads[0],
+                                          truth.grads["x"])):
+        errors = {fw: err(pick(r), want) for fw, r in ((JAX, j_run), (TORCH, t_run))}
+        bad = [fw for fw, e in errors.items() if not e.rel_fro <= V.ALONE_BOUND]
+        if bad:
+            op, kind = "(composition)", "composition"
+            if quantity == "forward":
+                produced = pick(t_run if bad[0] == TORCH else j_run)
+                matches = [k for k, n in enumerate(nodes[:-1]) if truth.values[n.name].shape == produced.shape
+                           and err(produced, truth.values[n.name]).rel_fro <= V.ALONE_BOUND]
+                if matches:
+                    skipped = nodes[matches[-1] + 1]
+                    op, kind = f"{skipped.name} skipped", KIND_NAMES[skipped.kind]
+            worst = errors[bad[0]]
+            return OpDeviation(block, op, kind, " and ".join(bad), quantity, f"{tensor} of the whole block", worst,
+                               Err(V.ALONE_BOUND, math.inf))
+    return None
 
 
 def _join_truth(weights, x, cotangent, train: bool) -> tuple[dict, dict]:

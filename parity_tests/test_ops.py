@@ -13,6 +13,7 @@ from parity_tests import mutations, ops
 from parity_tests.cases import rectified_normal
 from parity_tests.compare import OUTPUT
 from v2v_jax import layers
+from v2v_jax import model as jmodel
 
 # float64 NumPy vs torch: reductions of K <= 4 * 27 terms, so ~K u = 1.2e-14 at worst; 1e-12 leaves a margin.
 DEFINITION_TOL = 1e-12
@@ -167,3 +168,34 @@ def test_encoder_decoder_joins_within_rounding_and_a_dropped_join_named():
                             torch_patch=mutations.BY_NAME["skip_join_dropped"].patch)
     assert (found.block, found.op, found.kind, found.framework, found.quantity) == (
         "encoder_decoder", "(x + skip_x2)", "residual add", ops.TORCH, "forward"), found
+
+
+# One block of each kind: Basic k7 (the stem), pool, Res with a conv skip, Res with the identity, upsample, Basic k1.
+COMPOSED = ("front_layers.0", "front_layers.1", "front_layers.2", "encoder_decoder.mid_res",
+            "encoder_decoder.decoder_upsample1", "back_layers.1")
+
+
+@contextlib.contextmanager
+def jax_basic_block_without_relu():
+    with mock.patch.object(jmodel.Basic3DBlock, "__call__", lambda b, x: b._record(b.block[1](b.block[0](x)))):
+        yield
+
+
+@pytest.mark.x64
+def test_unmodified_blocks_compose_their_ops_and_a_skipped_relu_is_named():
+    """Each leaf block of V2V run whole in float64, in both frameworks, against the NumPy chain of its ops: within
+    verdict.ALONE_BOUND unmodified (width 8, 16^3, the inputs and cotangents of a float64 V2V); a Basic3DBlock
+    whose forward skips its ReLU is named at that ReLU in the framework it was planted in, where judging each op
+    alone finds nothing. One block of each kind (COMPOSED)."""
+    weights, x, target = ops.reference_case(width=8, grid=16, batch=2, joints=3, seed=0)
+    truths = ops.truths_from_torch(weights, x, target, COMPOSED)
+    for block, truth in truths.items():
+        assert ops.composition_deviation(block, weights, truth.x, truth.cotangent) is None, block
+    truth = truths["back_layers.1"]
+    assert ops.localise_op("back_layers.1", weights, truth.x, truth.cotangent, "float64",
+                           torch_patch=mutations.BY_NAME["block_relu_dropped"].patch) is None
+    for framework, patch in ((ops.TORCH, dict(torch_patch=mutations.BY_NAME["block_relu_dropped"].patch)),
+                             (ops.JAX, dict(jax_patch=jax_basic_block_without_relu))):
+        found = ops.composition_deviation("back_layers.1", weights, truth.x, truth.cotangent, **patch)
+        assert (found.op, found.kind, found.framework, found.quantity) == (
+            "block.2 skipped", "ReLU", framework, "forward"), found

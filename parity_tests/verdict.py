@@ -94,6 +94,14 @@ TRAINING_RULE = Rule(multiplier=512.0, floor=64.0)
 # the low precision's: |jax64 - torch64| ~ (u64 / u) * err_low. Largest measured ratio 32, on a tensor where the
 # floor holds it; 64 with the floor 2^12 u64 = 4.5e-13 keeps every measured disagreement below 2.4 % of its bound.
 FLOAT64_MULTIPLIER, FLOAT64_FLOOR = 64.0, 2.0 ** 12
+# The bound on a float64 result judged alone against NumPy (relative Frobenius). The parameters as loaded are the
+# given float32 values, transposed at most: exact. The optimizer's first step is a handful of float64 operations
+# per entry, each rounding by u64 relative: a correct one agrees with the NumPy step to ~10 u64 (RMSprop's step,
+# ~10 lr = 2.5e-3, and the init are unrelated, so ||p1|| is not much below their sum). The loss sums K squares:
+# (1 + log2 K) u64 (Higham 2002, section 4.2), 20 u64 at K = 2 * 21 * 16^3. A whole block against the NumPy chain
+# of its ops: the ops' float64 errors, each within its op band (under ~1e-14), through a few ops. The bugs of the
+# planted-bug suite move any of these by 1e-1 or more.
+ALONE_BOUND = FLOAT64_FLOOR * unit_roundoff("float64")
 
 
 def float64_bound(err_jax: Errors, err_torch: Errors, dtype: str, metric: str) -> float:
