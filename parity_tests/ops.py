@@ -734,15 +734,16 @@ def composition_deviation(block: str, weights: Mapping, x: np.ndarray, cotangent
     with jax_patch(), jax.enable_x64(True):
         jax_block.train() if train else jax_block.eval()
         j_run = _jax_leaf(jax_block, [x], g, "float64")
+    runs = {JAX: j_run, TORCH: t_run}
     for quantity, tensor, pick, want in (("forward", "output", lambda r: r.forward["output"], out),
                                          ("backward", "input cotangent", lambda r: r.input_grads[0],
                                           truth.grads["x"])):
-        errors = {fw: err(pick(r), want) for fw, r in ((JAX, j_run), (TORCH, t_run))}
+        errors = {fw: err(pick(r), want) for fw, r in runs.items()}
         bad = [fw for fw, e in errors.items() if not e.rel_fro <= V.ALONE_BOUND]
         if bad:
             op, kind = "(composition)", "composition"
             if quantity == "forward":
-                produced = pick(t_run if bad[0] == TORCH else j_run)
+                produced = pick(runs[bad[0]])
                 matches = [k for k, n in enumerate(nodes[:-1]) if truth.values[n.name].shape == produced.shape
                            and err(produced, truth.values[n.name]).rel_fro <= V.ALONE_BOUND]
                 if matches:
