@@ -16,7 +16,10 @@ framework's float64 run: the parameters as loaded against the weights given, the
 framework's own output, the first RMSprop step against NumPy's on the framework's own gradients. (b) Each
 framework's low-precision run is measured against its own aligned float64 run, so it sees its own rounding only,
 and the two rounding errors are compared by the calibrated rule: a bug that shows in low precision only (a
-one-pass variance, a bfloat16 accumulation) makes its framework's error exceed the other's.
+one-pass variance, a bfloat16 accumulation) makes its framework's error exceed the other's. With float64 as the
+only precision (`dtype="float64"`) there is no (b), and the yardstick of (a) is each framework's float64 run on
+weights, input and target perturbed by a relative 2^-50 (`perturbed`): how much the steps amplify a perturbation
+the size of float64 rounding.
 
 Planted bugs: `run_anchored(config, jax_patch=f, torch_patch=g)` enters `f()` around everything JAX does (building
 the model, loading the weights, running, reading the results back) and `g()` around everything PyTorch does. The
@@ -295,13 +298,27 @@ def jax_trace(config: Config, inputs: Inputs, dtype: str, fresh: bool = True, im
 TRACERS = {V.JAX: jax_trace, V.TORCH: torch_trace}
 
 
+def perturbed(inputs: Inputs, seed: int) -> Inputs:
+    """The inputs with every float weight, input voxel and target value multiplied by 1 +- `verdict.PERTURBATION`,
+    the signs drawn from `seed`."""
+    rng = np.random.default_rng(seed)
+
+    def jitter(a: np.ndarray) -> np.ndarray:
+        return a * (1 + V.PERTURBATION * rng.choice([-1.0, 1.0], np.shape(a))) if a.dtype.kind == "f" else a
+
+    return Inputs({k: jitter(w) for k, w in inputs.weights.items()}, jitter(inputs.x), jitter(inputs.target))
+
+
 def _runs(framework: str, config: Config, inputs: Inputs, fresh: bool) -> dict[str, Trace]:
     """float64, the low precision, and float64 on the low precision's decisions ('aligned': the truth of the
-    low-precision run, parity_tests/decisions.py)."""
-    run = functools.partial(TRACERS[framework], config, inputs, fresh=fresh)
+    low-precision run, parity_tests/decisions.py). With float64 alone, the low precision is float64 itself and
+    'perturbed' is a float64 run on perturbed weights, the yardstick of the float64 runs' disagreement."""
+    trace = functools.partial(TRACERS[framework], config, fresh=fresh)
+    run = functools.partial(trace, inputs)
     runs = {"float64": run("float64")}
     if config.dtype == "float64":
-        return dict(runs, low=runs["float64"], aligned=runs["float64"])
+        return dict(runs, low=runs["float64"], aligned=runs["float64"],
+                    perturbed=trace(perturbed(inputs, config.seed), "float64"))
     runs["low"] = run(config.dtype)
     runs["aligned"] = run("float64", imposed=runs["low"].decisions)
     return runs
@@ -376,8 +393,8 @@ class TensorRow:
     block: str
     quantity: str
     layer: str  # the layer inside the block ('' for a block-level tensor)
-    jax: V.Errors  # JAX low precision vs JAX float64
-    torch: V.Errors  # PyTorch low precision vs PyTorch float64
+    jax: V.Errors  # JAX low precision vs JAX float64 (float64 alone: perturbed vs plain float64)
+    torch: V.Errors  # PyTorch low precision vs PyTorch float64 (the same)
     float64: V.Errors  # JAX float64 vs PyTorch float64
     float64_ok: bool
     verdict: str
@@ -409,20 +426,27 @@ class AnchoredReport:
 DISAGREE = "float64 runs disagree"
 
 
+def scaled_runs(dtype: str) -> tuple[str, str]:
+    """The run whose error against the other measures the conditioning (`verdict.float64_bound`'s), and that other."""
+    return ("perturbed", "float64") if dtype == "float64" else ("low", "aligned")
+
+
 def judge(jax_runs: dict[str, Trace], torch_runs: dict[str, Trace], config: Config) -> list[TensorRow]:
-    """Each low-precision run against its aligned float64 truth; the plain float64 runs against each other."""
+    """Each low-precision run against its aligned float64 truth; the plain float64 runs against each other, within
+    `verdict.float64_bound` of the low-precision errors (float64 alone: of the perturbed runs' errors)."""
     j64, t64 = (tensors(runs["float64"], config.steps) for runs in (jax_runs, torch_runs))
-    (jlow, jtrue), (tlow, ttrue) = ((tensors(runs["low"], config.steps), tensors(runs["aligned"], config.steps))
-                                    for runs in (jax_runs, torch_runs))
     if set(j64) != set(t64):
         missing = sorted(set(j64) ^ set(t64))[:5]
         raise ValueError(f"the frameworks record different tensors, e.g. {missing}")
+    alone = config.dtype == "float64"
+    jlow, jtrue, tlow, ttrue = (tensors(runs[name], config.steps)
+                                for runs in (jax_runs, torch_runs) for name in scaled_runs(config.dtype))
     rows = []
     for key in t64:
         ej, et, e64 = V.errors(jlow[key], jtrue[key]), V.errors(tlow[key], ttrue[key]), V.errors(j64[key], t64[key])
         ok64 = all(e64[m] <= V.float64_bound(ej, et, config.dtype, m) for m in V.METRICS)
         rule = V.TRAINING_RULE if _after_step1(key[1]) else V.RULE
-        verdict = V.rounding_verdict(ej, et, config.rounding, rule) if ok64 else DISAGREE
+        verdict = DISAGREE if not ok64 else V.WITHIN if alone else V.rounding_verdict(ej, et, config.rounding, rule)
         rows.append(TensorRow(*key, jax=ej, torch=et, float64=e64, float64_ok=ok64, verdict=verdict))
     return rows
 
@@ -513,13 +537,15 @@ def block_input(acts: Mapping[str, np.ndarray], x: np.ndarray, block: str) -> np
 
 def amplification(jax_runs, torch_runs, x: np.ndarray, dtype: str) -> dict[str, dict[str, float]]:
     """Per block and framework: the low-precision error of its output over that of its input (relative
-    Frobenius, each against the framework's own aligned float64 run; the input error floored at u)."""
-    u = V.unit_roundoff(dtype)
+    Frobenius, each against the framework's own aligned float64 run, or for float64 alone the perturbed run's
+    against the plain one; the input error floored at `verdict.perturbation`)."""
+    u = V.perturbation(dtype)
+    scaled, truth = scaled_runs(dtype)
     out = {}
     for block in SOURCES:
         out[block] = {}
         for name, runs in ((V.JAX, jax_runs), (V.TORCH, torch_runs)):
-            low, ref = runs["low"].acts, runs["aligned"].acts
+            low, ref = runs[scaled].acts, runs[truth].acts
             e_in = V.errors(block_input(low, x, block), block_input(ref, x, block)).rel_fro
             out[block][name] = V.errors(low[block], ref[block]).rel_fro / max(e_in, u)
     return out

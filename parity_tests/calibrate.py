@@ -4,8 +4,10 @@
 
 For every configuration (width:grid) and seed, one anchored run; for every compared tensor the ratio
 err_JAX / err_PyTorch of each metric (both floored at u), the float64 disagreement over its expected size
-(u64 / u) * max(err_JAX, err_PyTorch), and per block the ratio of the frameworks' amplifications. Prints the
-distribution by quantity (median, 99th percentile, extremes either way) and writes every number as JSON.
+(u64 / u) * max(err_JAX, err_PyTorch), and per block the ratio of the frameworks' amplifications. With `--dtype
+float64` the errors are the perturbed float64 runs' and u is `verdict.PERTURBATION`. Prints the distribution by
+quantity (median, 99th percentile, extremes either way), the multiplier the float64 bound needs, and writes every
+number as JSON.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def measure(config: Config) -> dict:
 
 def summarise(config: dict, rows, amplification, overall, flips) -> dict:
     """The numbers of one run (rows: TensorRow objects, or their dicts from `report --json`)."""
-    u64, u = V.unit_roundoff("float64"), V.unit_roundoff(config["rounding"])
+    u64, u = V.unit_roundoff("float64"), V.perturbation(config["rounding"])
     out = []
     for r in rows:
         r = r if isinstance(r, dict) else dataclasses.asdict(r)
@@ -39,7 +41,7 @@ def summarise(config: dict, rows, amplification, overall, flips) -> dict:
                                                                                              "float64"))
         expected = (u64 / u) * max(j.rel_fro, t.rel_fro, u)
         out.append(dict(block=r["block"], quantity=r["quantity"], layer=r["layer"], jax=j.rel_fro, torch=t.rel_fro,
-                        jax_q=j.q999, torch_q=t.q999, float64=f64.rel_fro,
+                        jax_q=j.q999, torch_q=t.q999, float64=f64.rel_fro, float64_q=f64.q999,
                         **{f"ratio_{m}": V.ratio(j, t, m, config["rounding"]) for m in V.METRICS},
                         float64_ratio=f64.rel_fro / expected, verdict=r["verdict"]))
     amp = {b: a[V.JAX] / a[V.TORCH] for b, a in amplification.items()}
@@ -79,19 +81,40 @@ def summary(runs: list[dict]) -> str:
                 lines.append(f"| {name} | {v.size} | {metric} | {np.median(v):.2f} | {np.quantile(v, 0.99):.2f} | "
                              f"{v.max():.2f} | {1 / v.min():.2f} |")
     f64 = np.concatenate([np.asarray(g["float64"]) for g in by.values() if g["float64"]])
-    lines.append(f"\nfloat64 disagreement / ((u64/u) * max low-precision error), {f64.size} tensors: median "
+    lines.append(f"\nfloat64 disagreement / ((u64/u) * max scaled-run error), {f64.size} tensors: median "
                  f"{np.median(f64):.2e}, 99th pct {np.quantile(f64, 0.99):.2e}, max {f64.max():.2e}")
     margins = [r["float64"] / V.float64_bound(V.Errors(r["jax"], 0, 0), V.Errors(r["torch"], 0, 0),
                                               run["config"]["rounding"], "rel_fro")
                for run in runs for r in run["rows"] if r["quantity"] != "init"]
     lines.append(f"float64 disagreement / its bound (verdict.float64_bound, relative Frobenius): max "
                  f"{max(margins):.2e}")
+    need, where = needed_multiplier(runs)
+    lines.append(f"multiplier the float64 bound needs above its floor (either metric): {need:.1f}, at {where}")
     flips = [f for run in runs for f in run["flips"].values()]
     lines.append(f"decisions taken otherwise than float64 (parity_tests/decisions.py): "
                  f"{sum(f['flipped'] for f in flips)} of {sum(f['decisions'] for f in flips)} over {len(runs)} runs "
                  f"and both frameworks; the farthest lies {max(float(f['worst']) for f in flips):.2f} RMS errors of "
                  f"its input from its boundary")
     return "\n".join(lines)
+
+
+def needed_multiplier(runs: list[dict]) -> tuple[float, str]:
+    """The largest (disagreement - floor) / ((u64 / u) * max(err_JAX, err_PyTorch)) over tensors and metrics: the
+    smallest multiplier with which `verdict.float64_bound` holds every float64 disagreement measured."""
+    u64 = V.unit_roundoff("float64")
+    need, where = 0.0, "-"
+    for run in runs:
+        u = V.perturbation(run["config"]["rounding"])
+        for r in run["rows"]:
+            for f64, j, t in (("float64", "jax", "torch"), ("float64_q", "jax_q", "torch_q")):
+                excess = r.get(f64, 0.0) - V.FLOAT64_FLOOR * u64
+                if r["quantity"] != "init" and excess > 0:
+                    n = excess / ((u64 / u) * max(r[j], r[t])) if max(r[j], r[t]) > 0 else float("inf")
+                    if n > need:
+                        need = n
+                        where = (f"width {run['config']['width']} grid {run['config']['grid']} seed "
+                                 f"{run['config']['seed']}, {r['quantity']} {r['layer'] or r['block']} ({f64})")
+    return need, where
 
 
 def main(argv=None):

@@ -519,7 +519,8 @@ def totals(outcomes: list[Outcome]) -> str:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=sorted(PRECISIONS), default="float32",
-                   help="the low precision checked against the float64 truth (float64: the float64 runs only)")
+                   help="the low precision checked against the float64 truth (float64: the float64 runs only, "
+                        "bounded by perturbed float64 runs)")
     p.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     p.add_argument("--tf32", choices=("on", "off"), default="off", help="TF32 convolutions on a GPU")
     p.add_argument("--grid", type=int, default=32, help="input grid N (a multiple of 4)")

@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dtype", choices=sorted(PRECISIONS), default="float32",
                    help="the low precision judged against float64 (bfloat16: JAX computes in bf16 on float32 "
-                        "parameters, PyTorch under bf16 autocast; float64: the float64 runs only)")
+                        "parameters, PyTorch under bf16 autocast; float64: the float64 runs only, bounded by "
+                        "perturbed float64 runs)")
     p.add_argument("--grid", type=int, default=32, help="input grid N (multiple of 4; V2V uses 88)")
     p.add_argument("--width", type=int, default=32, help="network width (V2V: 32; a checkpoint sets it)")
     p.add_argument("--joints", type=int, default=21, help="output joints (a checkpoint sets it)")

@@ -7,6 +7,7 @@ changed how it rounds, or the calibration no longer covers the code.
 """
 
 import contextlib
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -69,3 +70,18 @@ def test_a_planted_float32_bug_is_caught_and_placed():
     act = {r.block: r for r in report.rows if r.quantity == "activation"}
     assert act["front_layers.2"].jax.rel_fro > 100 * act["front_layers.2"].torch.rel_fro
     assert np.isfinite(report.amplification["front_layers.2"][V.JAX])
+
+
+def test_float64_alone_holds_the_trained_state_by_its_perturbed_runs():
+    """With float64 as the only precision, the state after the RMSprop steps of correct code disagrees beyond the
+    float64 floor (the steps amplify float64 rounding, verdict.PERTURBATION), so the verdict must come from the
+    perturbed runs' conditioning: the floor alone would call this a disagreement."""
+    config = dataclasses.replace(CONFIG, dtype="float64")
+    report = run_anchored(config)
+    floor = V.FLOAT64_FLOOR * V.unit_roundoff("float64")
+    after = [r for r in report.rows if " after " in r.quantity]
+    assert max(max(r.float64.rel_fro, r.float64.q999) for r in after) > floor
+    bad = [(r.block, r.quantity, r.layer, f"{r.float64.q999:.2e}", f"{r.jax.q999:.2e}") for r in report.rows
+           if not r.float64_ok]
+    assert not bad, bad
+    assert report.overall == V.WITHIN and report.first_divergence is None

@@ -70,6 +70,11 @@ def test_float64_bound_scales_with_the_conditioning():
     expected = 1e-2 * V.unit_roundoff("float64") / U32
     assert V.float64_bound(low, low, "float32", "rel_fro") > 10 * expected
     assert V.float64_bound(V.ZERO, V.ZERO, "float32", "rel_fro") == V.FLOAT64_FLOOR * V.unit_roundoff("float64")
+    # float64 alone: the perturbed run's error is the conditioning times the perturbation's size, not u
+    perturbed = _e(1e-10)  # parameters after RMSprop steps, moved by 1e-10 by a 2^-50 perturbation (measured)
+    floor = V.FLOAT64_FLOOR * V.unit_roundoff("float64")
+    assert V.float64_bound(perturbed, V.ZERO, "float64", "rel_fro") > 10 * 1e-10 * V.unit_roundoff("float64") / \
+        V.PERTURBATION > 10 * floor
 
 
 # ------------------------------------------------------------------------------------ judging synthetic runs
