@@ -165,7 +165,7 @@ fi
 # option set alone (then the winners combined) against PyTorch's fastest configuration a user would pick and its
 # plain one, and a profiler trace of the first step; then torch.compile; then the largest batch that fits.
 sweep=(python3 bench/train_step.py --grids "$grid" --batches "$batch" --width "$width" "${bench_time[@]}"
-       --conv "$conv" folded_stem im2col_stem --upsample einsum pad_conv --xla-flags default nhwc runtime_fusion
+       --conv "$conv" folded_stem im2col_stem fft_stem --upsample einsum pad_conv --xla-flags default nhwc runtime_fusion
        autotune0 --torch plain best compiled --torch-compile-backend "$torch_compile_backend")
 step train_step 90 train_step/train_step.json "${sweep[@]}" --dtypes float32 bfloat16 --tf32 on off \
   --rows baseline variants --budget-s "${fixed_budget:-$(budget 90 30)}" --out "$work/train_step" \
@@ -182,7 +182,7 @@ step train_step_large 30 train_step_large/train_step.json "${sweep[@]}" "${compi
 # 5. Per block: forward + backward of each block alone, every stem and upsampling formulation, FLOPs, bytes and
 # the roofline bound of each (bench/roofline.py), float32 (TF32) then bfloat16.
 step blocks 35 blocks/blocks.json python3 bench/blocks.py --grid "$grid" --batch "$batch" --width "$width" \
-  --dtypes float32 bfloat16 "${bench_time[@]}" --conv "$conv" folded_stem im2col_stem \
+  --dtypes float32 bfloat16 "${bench_time[@]}" --conv "$conv" folded_stem im2col_stem fft_stem \
   --upsample einsum pad_conv phases depth_to_space conv_transpose --budget-s "${fixed_budget:-$(budget 35 12)}" \
   --out "$work/blocks"
 

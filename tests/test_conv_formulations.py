@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from v2v_jax.formulations import (AUTO_CONV, CONV_IMPLS, STEM_IMPLS, UPSAMPLE_IMPLS, conv3d, resolve_conv,
-                                  upsample2x)
+from v2v_jax.formulations import (AUTO_CONV, CONV_IMPLS, STEM_IMPLS, UPSAMPLE_IMPLS, conv3d,
+                                  resolve_conv, upsample2x)
 from v2v_jax.layers import Numerics
 from v2v_jax.model import V2VModel
 
@@ -72,14 +72,15 @@ THREE_D_CONVOLUTION = "dim_numbers = [b, 0, 1, 2, f]"  # how StableHLO prints an
 
 @pytest.mark.parametrize("impl", sorted(STEM_IMPLS))
 def test_stem_hybrids_apply_their_formulation_to_one_channel_inputs_only(impl):
-    """The one-channel stem becomes a dot (im2col) or a 2D convolution (depth_folded); other inputs keep XLA's 3D
-    convolution. (Their values are checked with every formulation above.)"""
-    def hlo(cin):
+    """The one-channel stem becomes a dot (im2col), a 2D convolution (depth_folded) or FFTs (fft); other inputs
+    keep the backend's default formulation. (Their values are checked with every formulation above.)"""
+    def hlo(cin, formulation):
         x, kernel = jnp.zeros((1, 8, 8, 8, cin)), jnp.zeros((3, 3, 3, cin, 2))
-        return jax.jit(conv3d, static_argnums=(2, 3)).lower(x, kernel, 1, impl).as_text()
+        return jax.jit(conv3d, static_argnums=(2, 3)).lower(x, kernel, 1, formulation).as_text()
 
-    assert hlo(1).count(THREE_D_CONVOLUTION) == 0
-    assert hlo(2).count(THREE_D_CONVOLUTION) == 1
+    assert hlo(1, impl).count(THREE_D_CONVOLUTION) == 0
+    assert hlo(1, impl) == hlo(1, STEM_IMPLS[impl])
+    assert hlo(2, impl) == hlo(2, "auto")
 
 
 def test_auto_resolves_per_backend_to_a_known_formulation():

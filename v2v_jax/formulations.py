@@ -1,8 +1,9 @@
 """The formulations of V2V's two linear operators, each computing exactly the same function (NDHWC, DHWIO).
 
 `conv3d`: the stride-1 3D convolution, as XLA's own (`xla`), k^3 shifted products (`shifted_matmul`), one GEMM
-over the k^3 shifted copies (`im2col`), 2D convolutions over k depth-shifted copies (`depth_folded`), or one of
-the last two for the one-channel stem only (`im2col_stem`, `folded_stem`).
+over the k^3 shifted copies (`im2col`), 2D convolutions over k depth-shifted copies (`depth_folded`), a product of
+real FFTs (`fft`), or one of `im2col`, `depth_folded`, `fft` for the one-channel stem only, the backend's default
+for every other convolution (`im2col_stem`, `folded_stem`, `fft_stem`).
 `upsample2x`: ConvTranspose3d(kernel 2, stride 2) as an einsum, `lax.conv_transpose`, an explicitly padded
 convolution, a 1^3 convolution with depth-to-space, or eight separate phase products.
 Which one a backend uses by default, and the benchmark that chose it, is stated at each choice below.
@@ -18,14 +19,18 @@ from jax import lax
 
 DIMENSION_NUMBERS = ("NDHWC", "DHWIO", "NDHWC")
 # Formulations of the stride-1 3D convolution (`conv3d`); 'auto' picks per backend from AUTO_CONV.
-CONV_IMPLS = ("xla", "shifted_matmul", "im2col", "depth_folded", "im2col_stem", "folded_stem")
-# The hybrids: a formulation for convolutions of one input channel (V2V's 7^3 stem, the one block where XLA's GPU
-# convolution lost to PyTorch's, 1.26x, on an H200: docs/benchmarks.md), XLA's for every other.
-STEM_IMPLS = {"im2col_stem": "im2col", "folded_stem": "depth_folded"}
+CONV_IMPLS = ("xla", "shifted_matmul", "im2col", "depth_folded", "fft", "im2col_stem", "folded_stem", "fft_stem")
+# The hybrids: a formulation for convolutions of one input channel (V2V's 7^3 stem: the one block where XLA's GPU
+# convolution lost to PyTorch's, 1.26x, on an H200, and 4.1x PyTorch's time on CPU: docs/benchmarks.md), the
+# backend's default ('auto') for every other.
+STEM_IMPLS = {"im2col_stem": "im2col", "folded_stem": "depth_folded", "fft_stem": "fft"}
 # Chosen by `python bench/conv.py` and `python bench/train_step.py --conv xla|depth_folded` (docs/benchmarks.md,
 # "Training step and inference"): on CPU depth_folded took 0.29-2.9x torch's time per convolution where XLA's
 # took 1.2-8x; GPUs keep XLA's (cuDNN) convolution until bench/conv.py on a GPU says otherwise.
 AUTO_CONV = {"cpu": "depth_folded"}
+# Not 'auto': `fft_stem` trains 1.06x faster on CPU (docs/benchmarks.md), but where a 7^3 window of the input is
+# empty a direct convolution's output is exactly the bias and the FFT's carries rounding noise, so the max pool
+# after the stem breaks exact ties elsewhere than PyTorch and the input gradient takes another route.
 # Formulations of ConvTranspose3d(k=2, s=2) (`upsample2x`); the default, einsum, was chosen by
 # `python bench/upsample.py` (docs/benchmarks.md, "ConvTranspose3d formulation": conv_transpose 13-30x slower
 # on CPU; on an H200 the einsum form ran at 0.43-0.50x cuDNN's transposed convolution inside the step profile).
@@ -43,7 +48,9 @@ def conv3d(x: jax.Array, kernel: jax.Array, padding: int, impl: str = "xla", pre
     """Stride-1 3D convolution (cross-correlation, like torch) with symmetric zero padding."""
     impl = resolve_conv(impl)
     if impl in STEM_IMPLS:
-        impl = STEM_IMPLS[impl] if kernel.shape[3] == 1 else "xla"
+        impl = STEM_IMPLS[impl] if kernel.shape[3] == 1 else resolve_conv("auto")
+    if impl == "fft":
+        return _conv3d_fft(x, kernel, padding)
     if impl == "xla":
         return lax.conv_general_dilated(x, kernel, window_strides=(1, 1, 1), padding=[(padding, padding)] * 3,
                                         dimension_numbers=DIMENSION_NUMBERS, precision=precision)
@@ -79,6 +86,35 @@ def _conv3d_im2col(x, kernel, padding, precision):
     cols = jnp.concatenate([xp[:, a:a + d, b:b + h, c:c + w] for a in range(k) for b in range(k) for c in range(k)],
                            axis=-1)
     return jnp.einsum("ndhwt,to->ndhwo", cols, kernel.reshape(-1, kernel.shape[-1]), precision=precision)
+
+
+def _conv3d_fft(x, kernel, padding):
+    """The correlation as the convolution with the flipped kernel, a product of real FFTs over (D, H, W), each
+    axis zero-padded to a 5-smooth length >= size + k - 1 (no wrap-around reaches the output). Its rounding is
+    norm-wise, like a sum's (relative Frobenius ~u log n); XLA's FFT takes float32 or float64, so bfloat16 inputs
+    are transformed in float32. `precision` has no FFT counterpart."""
+    k = kernel.shape[0]
+    dtype = jnp.promote_types(x.dtype, jnp.float32)
+    lengths = [_smooth(s + k - 1) for s in x.shape[1:4]]
+    spectrum = jnp.fft.rfftn(x.astype(dtype), s=lengths, axes=(1, 2, 3))
+    kernel_spectrum = jnp.fft.rfftn(jnp.flip(kernel.astype(dtype), (0, 1, 2)), s=lengths, axes=(0, 1, 2))
+    full = jnp.fft.irfftn(jnp.einsum("ndhwi,dhwio->ndhwo", spectrum, kernel_spectrum), s=lengths, axes=(1, 2, 3))
+    start = k - 1 - padding
+    d, h, w = _output_size(x, k, padding)
+    return full[:, start:start + d, start:start + h, start:start + w].astype(x.dtype)
+
+
+def _smooth(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n: FFT lengths that pocketfft and cuFFT transform without a prime factor > 5."""
+    def rough_part(m: int) -> int:
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m
+
+    while rough_part(n) != 1:
+        n += 1
+    return n
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(2, 3))
