@@ -218,10 +218,14 @@ def header(report: AnchoredReport) -> str:
             f"{'on' if c.cudnn else 'off'}, grid {c.grid}^3, width {c.width}, batch {c.batch}, joints {c.joints}, "
             f"{c.steps} RMSprop steps, density {c.density}, conv {c.conv}, upsample {c.upsample}, torch memory "
             f"format {'channels_last_3d' if c.channels_last else 'contiguous'}, seed {c.seed}\n\n"
-            f"Errors: relative Frobenius norm against the framework's own float64 run on the same ReLU and pool "
-            f"decisions (parity_tests/decisions.py); float64 diff: JAX float64 against PyTorch float64. Rule: err "
-            f"<= {V.RULE.multiplier:g} x the other's + {V.RULE.floor:g} u in the first step, "
-            f"{V.TRAINING_RULE.multiplier:g} x after it (parity_tests/verdict.py).\n")
+            + (f"Errors: relative Frobenius norm of the framework's float64 run on weights, input and target "
+               f"perturbed by {V.PERTURBATION:.1e} against its plain float64 run; float64 diff: JAX float64 against "
+               f"PyTorch float64, within {V.PERTURBED_MULTIPLIER:g} x (u64 / perturbation) x the larger error + "
+               f"{V.FLOAT64_FLOOR:g} u64 (parity_tests/verdict.py).\n" if c.dtype == "float64" else
+               f"Errors: relative Frobenius norm against the framework's own float64 run on the same ReLU and pool "
+               f"decisions (parity_tests/decisions.py); float64 diff: JAX float64 against PyTorch float64. Rule: "
+               f"err <= {V.RULE.multiplier:g} x the other's + {V.RULE.floor:g} u in the first step, "
+               f"{V.TRAINING_RULE.multiplier:g} x after it (parity_tests/verdict.py).\n"))
 
 
 def render(report: AnchoredReport, seconds: dict[str, float]) -> str:

@@ -60,7 +60,7 @@ BAD_FLAGS = {  # flags: the line that must name each
     ("--data", "msra"): [r"--data msra: needs --root DIR", r"--data msra: needs --test-subject K"],
     ("--grid", "x"): [r"argument --grid: invalid int value: 'x'"],
     ("--upsample", "bilinear"): [r"argument --upsample: invalid choice: 'bilinear' \(choose from '?einsum'?, "],
-    ("--conv", "fft"): [r"argument --conv: invalid choice: 'fft' \(choose from '?auto'?, '?xla'?, "],
+    ("--conv", "winograd"): [r"argument --conv: invalid choice: 'winograd' \(choose from '?auto'?, '?xla'?, "],
     ("--ema-decay", "1"): [r"--ema-decay 1.0: must be a number in \[0, 1\) \(0: no moving average\)"],
     ("--width", "0", "--batch-size", "-2"): [r"--batch-size -2: must be", r"--width 0: must be"],
 }
