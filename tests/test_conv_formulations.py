@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from v2v_jax.formulations import (AUTO_CONV, CONV_IMPLS, STEM_IMPLS, UPSAMPLE_IMPLS, conv3d,
-                                  resolve_conv, upsample2x)
+from v2v_jax.formulations import (AUTO_CONV, CONV_IMPLS, STEM_IMPLS, UPSAMPLE_IMPLS, conv3d, resolve_conv,
+                                  upsample2x)
 from v2v_jax.layers import Numerics
 from v2v_jax.model import V2VModel
 
