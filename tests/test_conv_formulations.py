@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from v2v_jax.formulations import (AUTO_CONV, CONV_IMPLS, STEM_IMPLS, UPSAMPLE_IMPLS, conv3d, resolve_conv,
+from v2v_jax.formulations import (AUTO_CONV, BASE_CONV, CONV_IMPLS, STEM_IMPLS, UPSAMPLE_IMPLS, conv3d, resolve_conv,
                                   upsample2x)
 from v2v_jax.layers import Numerics
 from v2v_jax.model import V2VModel
@@ -80,7 +80,7 @@ def test_stem_hybrids_apply_their_formulation_to_one_channel_inputs_only(impl):
 
     assert hlo(1, impl).count(THREE_D_CONVOLUTION) == 0
     assert hlo(1, impl) == hlo(1, STEM_IMPLS[impl])
-    assert hlo(2, impl) == hlo(2, "auto")
+    assert hlo(2, impl) == hlo(2, BASE_CONV.get(jax.default_backend(), "xla"))
 
 
 def test_auto_resolves_per_backend_to_a_known_formulation():
@@ -169,3 +169,15 @@ def test_network_with_cpu_default_matches_xla_convolutions():
 def _is_conv_bias(path: str, grads: dict) -> bool:
     """A bias beside a 'kernel' belongs to a convolution (BatchNorm has 'scale' and 'bias')."""
     return "['bias']" in path and path.replace("['bias']", "['kernel']") in grads
+
+
+def test_fft_gives_exact_zeros_where_a_window_is_empty():
+    """A direct convolution's output is exactly 0 where a k^3 window holds no input (the max pool after V2V's stem
+    then sees exact ties, as in PyTorch); the FFT's rounding noise there is removed, elsewhere it matches XLA's."""
+    x = np.zeros((1, 12, 12, 12, 1), np.float32)
+    x[0, 2, 3, 4, 0] = 1.0
+    kernel = jnp.asarray(np.random.default_rng(0).standard_normal((7, 7, 7, 1, 4)), jnp.float32)
+    fft, direct = (np.asarray(conv3d(jnp.asarray(x), kernel, 3, impl)) for impl in ("fft", "xla"))
+    empty = np.all(direct == 0, axis=-1)
+    assert empty.sum() > 1000 and np.all(fft[empty] == 0)
+    assert relative_error(fft, direct) <= 1e-6

@@ -22,15 +22,14 @@ DIMENSION_NUMBERS = ("NDHWC", "DHWIO", "NDHWC")
 CONV_IMPLS = ("xla", "shifted_matmul", "im2col", "depth_folded", "fft", "im2col_stem", "folded_stem", "fft_stem")
 # The hybrids: a formulation for convolutions of one input channel (V2V's 7^3 stem: the one block where XLA's GPU
 # convolution lost to PyTorch's, 1.26x, on an H200, and 4.1x PyTorch's time on CPU: docs/benchmarks.md), the
-# backend's default ('auto') for every other.
+# backend's BASE_CONV for every other.
 STEM_IMPLS = {"im2col_stem": "im2col", "folded_stem": "depth_folded", "fft_stem": "fft"}
 # Chosen by `python bench/conv.py` and `python bench/train_step.py --conv xla|depth_folded` (docs/benchmarks.md,
 # "Training step and inference"): on CPU depth_folded took 0.29-2.9x torch's time per convolution where XLA's
-# took 1.2-8x; GPUs keep XLA's (cuDNN) convolution until bench/conv.py on a GPU says otherwise.
+# took 1.2-8x; GPUs keep XLA's (cuDNN) convolution until bench/conv.py on a GPU says otherwise. BASE_CONV is what a
+# hybrid uses beside its stem: never a hybrid, whatever AUTO_CONV names.
 AUTO_CONV = {"cpu": "depth_folded"}
-# Not 'auto': `fft_stem` trains 1.06x faster on CPU (docs/benchmarks.md), but where a 7^3 window of the input is
-# empty a direct convolution's output is exactly the bias and the FFT's carries rounding noise, so the max pool
-# after the stem breaks exact ties elsewhere than PyTorch and the input gradient takes another route.
+BASE_CONV = {"cpu": "depth_folded"}
 # Formulations of ConvTranspose3d(k=2, s=2) (`upsample2x`); the default, einsum, was chosen by
 # `python bench/upsample.py` (docs/benchmarks.md, "ConvTranspose3d formulation": conv_transpose 13-30x slower
 # on CPU; on an H200 the einsum form ran at 0.43-0.50x cuDNN's transposed convolution inside the step profile).
@@ -48,7 +47,7 @@ def conv3d(x: jax.Array, kernel: jax.Array, padding: int, impl: str = "xla", pre
     """Stride-1 3D convolution (cross-correlation, like torch) with symmetric zero padding."""
     impl = resolve_conv(impl)
     if impl in STEM_IMPLS:
-        impl = STEM_IMPLS[impl] if kernel.shape[3] == 1 else resolve_conv("auto")
+        impl = STEM_IMPLS[impl] if kernel.shape[3] == 1 else BASE_CONV.get(jax.default_backend(), "xla")
     if impl == "fft":
         return _conv3d_fft(x, kernel, padding)
     if impl == "xla":
@@ -101,7 +100,23 @@ def _conv3d_fft(x, kernel, padding):
     full = jnp.fft.irfftn(jnp.einsum("ndhwi,dhwio->ndhwo", spectrum, kernel_spectrum), s=lengths, axes=(1, 2, 3))
     start = k - 1 - padding
     d, h, w = _output_size(x, k, padding)
-    return full[:, start:start + d, start:start + h, start:start + w].astype(x.dtype)
+    y = full[:, start:start + d, start:start + h, start:start + w]
+    # Where a window holds no nonzero input, a direct convolution gives exactly 0 and the FFT rounding noise:
+    # zero it in the value (not the gradient, which is the same function's), so later ties stay exact.
+    noise = jnp.where(_window_occupied(x, k, padding), 0, y)
+    return (y - lax.stop_gradient(noise)).astype(x.dtype)
+
+
+def _window_occupied(x, k, padding):
+    """Whether each output's k^3 window (any channel) holds a nonzero input: separable counts of nonzeros."""
+    occupied = jnp.any(x != 0, axis=-1, keepdims=True).astype(jnp.float32)
+    for axis in (1, 2, 3):
+        widths = [(0, 0)] * 5
+        widths[axis] = (padding, padding)
+        window = [1] * 5
+        window[axis] = k
+        occupied = lax.reduce_window(jnp.pad(occupied, widths), 0.0, lax.add, window, (1,) * 5, "VALID")
+    return occupied > 0
 
 
 def _smooth(n: int) -> int:
