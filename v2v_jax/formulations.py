@@ -28,8 +28,8 @@ STEM_IMPLS = {"im2col_stem": "im2col", "folded_stem": "depth_folded", "fft_stem"
 # "Training step and inference"): on CPU depth_folded took 0.29-2.9x torch's time per convolution where XLA's
 # took 1.2-8x; GPUs keep XLA's (cuDNN) convolution until bench/conv.py on a GPU says otherwise. BASE_CONV is what a
 # hybrid uses beside its stem: never a hybrid, whatever AUTO_CONV names.
-AUTO_CONV = {"cpu": "depth_folded"}
 BASE_CONV = {"cpu": "depth_folded"}
+AUTO_CONV = dict(BASE_CONV)
 # Formulations of ConvTranspose3d(k=2, s=2) (`upsample2x`); the default, einsum, was chosen by
 # `python bench/upsample.py` (docs/benchmarks.md, "ConvTranspose3d formulation": conv_transpose 13-30x slower
 # on CPU; on an H200 the einsum form ran at 0.43-0.50x cuDNN's transposed convolution inside the step profile).
@@ -111,11 +111,9 @@ def _window_occupied(x, k, padding):
     """Whether each output's k^3 window (any channel) holds a nonzero input: separable counts of nonzeros."""
     occupied = jnp.any(x != 0, axis=-1, keepdims=True).astype(jnp.float32)
     for axis in (1, 2, 3):
-        widths = [(0, 0)] * 5
-        widths[axis] = (padding, padding)
-        window = [1] * 5
-        window[axis] = k
-        occupied = lax.reduce_window(jnp.pad(occupied, widths), 0.0, lax.add, window, (1,) * 5, "VALID")
+        window, widths = [1] * 5, [(0, 0)] * 5
+        window[axis], widths[axis] = k, (padding, padding)
+        occupied = lax.reduce_window(occupied, 0.0, lax.add, window, (1,) * 5, widths)
     return occupied > 0
 
 
